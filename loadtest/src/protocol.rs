@@ -1,0 +1,307 @@
+//! The client's view of the gateway wire contract (v1): the frames a socket
+//! sends, the frames it reads (JSON text or MessagePack binary), and the event
+//! payload the publisher stamps with send time, sequence and publisher id.
+//!
+//! Reading is on the hot path (one parse per delivered event), so frames are
+//! read borrowed and the payload's padding is skipped, never copied.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Codec;
+
+/// What the publisher puts in every event's `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Payload {
+    /// Send time, microseconds since the Unix epoch.
+    pub ts: u64,
+    /// Per-channel sequence number, from 1.
+    pub seq: u64,
+    /// Publisher id (a run has one publisher per connection lane).
+    #[serde(rename = "pub")]
+    pub publisher: u32,
+    /// Rate step the event was sent in (0 for a constant rate).
+    pub step: u32,
+}
+
+impl Payload {
+    /// The payload as JSON text, with `pad` bytes of padding in field `pad`.
+    pub fn to_json(&self, pad: usize) -> String {
+        let mut s = format!(
+            r#"{{"ts":{},"seq":{},"pub":{},"step":{}"#,
+            self.ts, self.seq, self.publisher, self.step
+        );
+        if pad > 0 {
+            s.push_str(r#","pad":""#);
+            s.extend(std::iter::repeat_n('x', pad));
+            s.push('"');
+        }
+        s.push('}');
+        s
+    }
+}
+
+/// An event's `data`: ours, or something another publisher sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventData {
+    /// A payload with at least `ts` and `seq`.
+    Ours(Payload),
+    /// Anything else (counted, not measured).
+    Foreign,
+}
+
+impl<'de> Deserialize<'de> for EventData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DataVisitor)
+    }
+}
+
+struct DataVisitor;
+
+impl<'de> Visitor<'de> for DataVisitor {
+    type Value = EventData;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event payload")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventData, A::Error> {
+        let (mut ts, mut seq, mut publisher, mut step) = (None, None, 0u64, 0u64);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "ts" => ts = map.next_value::<MaybeU64>()?.0,
+                "seq" => seq = map.next_value::<MaybeU64>()?.0,
+                "pub" => publisher = map.next_value::<MaybeU64>()?.0.unwrap_or(0),
+                "step" => step = map.next_value::<MaybeU64>()?.0.unwrap_or(0),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        match (ts, seq) {
+            (Some(ts), Some(seq)) => Ok(EventData::Ours(Payload {
+                ts,
+                seq,
+                publisher: publisher as u32,
+                step: step as u32,
+            })),
+            _ => Ok(EventData::Foreign),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventData, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(EventData::Foreign)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<EventData, E> {
+        Ok(EventData::Foreign)
+    }
+}
+
+/// A value that is an unsigned integer or anything else (`None`), read
+/// without failing so a foreign payload never breaks the frame around it.
+struct MaybeU64(Option<u64>);
+
+impl<'de> Deserialize<'de> for MaybeU64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MaybeU64Visitor)
+    }
+}
+
+struct MaybeU64Visitor;
+
+impl<'de> Visitor<'de> for MaybeU64Visitor {
+    type Value = MaybeU64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(Some(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(u64::try_from(v).ok()))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<MaybeU64, E> {
+        Ok(MaybeU64(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeU64, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(MaybeU64(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeU64, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeU64(None))
+    }
+}
+
+/// A frame from the gateway, read borrowed where the codec allows.
+#[derive(Debug, Deserialize)]
+pub struct ServerFrame<'a> {
+    /// `welcome`, `ok`, `error`, `pong`, `event`, ...
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// Echo of the request id.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Channel of an event.
+    #[serde(default, borrow)]
+    pub channel: Option<Cow<'a, str>>,
+    /// Payload of an event.
+    #[serde(default)]
+    pub data: Option<EventData>,
+    /// Error code of an `error` frame.
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+    /// Heartbeat seconds of `welcome`.
+    #[serde(default)]
+    pub heartbeat: Option<u64>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub struct BadFrame(pub String);
+
+impl fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unreadable frame: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadFrame {}
+
+/// Reads a JSON text frame.
+pub fn parse_json(text: &str) -> Result<ServerFrame<'_>, BadFrame> {
+    serde_json::from_str(text).map_err(|e| BadFrame(e.to_string()))
+}
+
+/// Reads a MessagePack binary frame.
+pub fn parse_msgpack(bytes: &[u8]) -> Result<ServerFrame<'_>, BadFrame> {
+    rmp_serde::from_slice(bytes).map_err(|e| BadFrame(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct Subscribe<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    id: u64,
+}
+
+/// An encoded client frame: text for JSON, bytes for MessagePack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+}
+
+/// Encodes `{"type":"subscribe","room":..,"id":..}` in the socket's codec.
+pub fn subscribe(codec: Codec, room: &str, id: u64) -> Outgoing {
+    let frame = Subscribe { kind: "subscribe", room, id };
+    match codec {
+        Codec::Json => Outgoing::Text(serde_json::to_string(&frame).unwrap_or_default()),
+        Codec::Msgpack => Outgoing::Binary(rmp_serde::to_vec_named(&frame).unwrap_or_default()),
+    }
+}
+
+/// The subprotocol name offered for a codec.
+pub fn subprotocol(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Json => "v1.json",
+        Codec::Msgpack => "v1.msgpack",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_events_welcome_and_errors() {
+        let p = Payload { ts: 5, seq: 7, publisher: 1, step: 2 };
+        let text = format!(r#"{{"type":"event","channel":"room:r1","data":{}}}"#, p.to_json(16));
+        let f = parse_json(&text).unwrap();
+        assert_eq!(f.kind, "event");
+        assert_eq!(f.channel.as_deref(), Some("room:r1"));
+        assert_eq!(f.data, Some(EventData::Ours(p)));
+
+        let w = parse_json(r#"{"type":"welcome","conn":"c","user":"u","node":"n","heartbeat":25}"#).unwrap();
+        assert_eq!((w.kind.as_ref(), w.heartbeat), ("welcome", Some(25)));
+        let e = parse_json(r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#).unwrap();
+        assert_eq!((e.id, e.code.as_deref()), (Some(1), Some("forbidden")));
+    }
+
+    #[test]
+    fn foreign_payloads_are_not_errors() {
+        for data in [r#""hello""#, "42", "[1,2]", r#"{"ts":"x","seq":1}"#, r#"{"other":true}"#, "null"] {
+            let text = format!(r#"{{"type":"event","channel":"broadcast","data":{data}}}"#);
+            let f = parse_json(&text).unwrap();
+            assert_eq!(f.data, Some(EventData::Foreign), "{data}");
+        }
+    }
+
+    #[test]
+    fn msgpack_frames_round_trip() {
+        #[derive(Serialize)]
+        struct Ev<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            channel: &'a str,
+            data: Payload,
+        }
+        let p = Payload { ts: 1, seq: 2, publisher: 0, step: 0 };
+        let bytes = rmp_serde::to_vec_named(&Ev { kind: "event", channel: "user:u1", data: p }).unwrap();
+        let f = parse_msgpack(&bytes).unwrap();
+        assert_eq!(f.channel.as_deref(), Some("user:u1"));
+        assert_eq!(f.data, Some(EventData::Ours(p)));
+        let Outgoing::Binary(sub) = subscribe(Codec::Msgpack, "lt-1", 3) else { panic!("binary expected") };
+        let v: serde_json::Value = rmp_serde::from_slice(&sub).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"subscribe","room":"lt-1","id":3}));
+        assert_eq!(
+            subscribe(Codec::Json, "lt-1", 3),
+            Outgoing::Text(r#"{"type":"subscribe","room":"lt-1","id":3}"#.into())
+        );
+    }
+}

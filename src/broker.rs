@@ -1,0 +1,83 @@
+//! The seam between this node and the bus that carries publications between
+//! nodes. The hub tells the broker which channels have local interest (first
+//! subscriber in, last subscriber out); the broker hands inbound publications
+//! to the hub through one bounded queue ([`Inbound`]).
+//!
+//! `publish` never waits for the bus: it enqueues and returns, so a socket's
+//! read path or an HTTP handler is never stalled by a slow or failing bus.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::protocol::{Channel, Publication};
+
+mod memory;
+
+pub use memory::MemoryBroker;
+
+/// A boxed future, so `Broker` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Publications from the broker to the hub, in the order the broker delivered them.
+pub type Inbound = mpsc::Receiver<Publication>;
+
+/// Whether the broker can currently carry publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Connected and subscribed.
+    Up,
+    /// Not (yet) reachable; new sockets are refused until it is up.
+    Down,
+}
+
+/// Errors at the broker boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    /// The bus is not reachable.
+    Unavailable,
+    /// The publish queue is full.
+    Overloaded,
+    /// The bus did not answer in time.
+    Timeout,
+    /// The bus answered with an error.
+    Rejected(String),
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerError::Unavailable => f.write_str("broker unavailable"),
+            BrokerError::Overloaded => f.write_str("broker publish queue full"),
+            BrokerError::Timeout => f.write_str("broker timed out"),
+            BrokerError::Rejected(why) => write!(f, "broker rejected the command: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+/// A bus that carries publications to every interested node.
+pub trait Broker: Send + Sync + 'static {
+    /// Starts receiving `channel`. Resolves once the subscription is live, so a
+    /// publication made after it resolves is delivered.
+    fn subscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stops receiving `channel` (the last local subscriber left).
+    fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Enqueues a publication for every node; never waits for the bus.
+    fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BrokerError>;
+
+    /// The broker's state, watched by readiness and metrics.
+    fn state(&self) -> watch::Receiver<BrokerState>;
+
+    /// Channels currently subscribed on the bus (for tests and metrics).
+    fn subscription_count(&self) -> usize;
+}
+
+/// A shared broker handle.
+pub type SharedBroker = Arc<dyn Broker>;

@@ -1,0 +1,257 @@
+//! The configuration tree: one typed struct per `gateway.toml` section.
+//!
+//! Every key has a default here, and `gateway.toml` at the repository root
+//! documents the same values (a test proves the two agree). Loading layers
+//! file < `GATEWAY_*` environment < CLI flags, then validates the whole tree
+//! and reports every bad key at once (see `config/load.rs`).
+
+use serde::{Deserialize, Serialize};
+
+mod env;
+mod load;
+
+pub use load::{ConfigError, DEV_HS_SECRET, LoadOptions, Loaded, Problem, load};
+
+/// The whole configuration of one gateway node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listener, identity, capacity, drain.
+    pub server: ServerConfig,
+    /// `[auth]`: JWT verification.
+    pub auth: AuthConfig,
+    /// `[websocket]`: per-socket protocol limits and heartbeats.
+    pub websocket: WebSocketConfig,
+    /// `[limits]`: admission and abuse limits.
+    pub limits: LimitsConfig,
+    /// `[broker]`: where publications travel between nodes.
+    pub broker: BrokerConfig,
+    /// `[api]`: the HTTP publish API.
+    pub api: ApiConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the single HTTP/WebSocket port binds to.
+    pub listen: String,
+    /// Node id reported in `welcome`; empty = derived from host name and pid.
+    pub node_id: String,
+    /// Drain window: sockets are closed with 1012 spread over this many seconds.
+    pub drain_seconds: u64,
+    /// Maximum open sockets; 0 = derived from the open-files limit minus `fd_reserve`.
+    pub max_connections: u64,
+    /// File descriptors kept free for HTTP requests, Redis and logs.
+    pub fd_reserve: u64,
+    /// Origins allowed to open a socket (exact `scheme://host[:port]`); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Time allowed for a client to send its HTTP request head.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            node_id: String::new(),
+            drain_seconds: 10,
+            max_connections: 0,
+            fd_reserve: 256,
+            allowed_origins: Vec::new(),
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted JWT algorithms (HS256/384/512, RS256/384/512, PS256, ES256/384, EdDSA).
+    pub algorithms: Vec<String>,
+    /// HMAC secret for HS* tokens (also what `gateway token` signs with).
+    pub hs_secret: String,
+    /// File holding the HMAC secret (alternative to `hs_secret`).
+    pub hs_secret_file: String,
+    /// PEM public key for RS*/PS*/ES*/EdDSA tokens.
+    pub public_key_file: String,
+    /// JWKS file; tokens select a key by `kid`.
+    pub jwks_file: String,
+    /// Required `iss`; empty = not checked.
+    pub issuer: String,
+    /// Required `aud`; empty = not checked.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_seconds: u64,
+    /// Accept the token in the `?token=` query parameter (browsers cannot set headers).
+    pub allow_query_token: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["HS256".into()],
+            hs_secret: String::new(),
+            hs_secret_file: String::new(),
+            public_key_file: String::new(),
+            jwks_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_seconds: 5,
+            allow_query_token: true,
+        }
+    }
+}
+
+/// `[websocket]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Largest inbound message (and frame); larger closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Socket read buffer; small keeps idle sockets cheap.
+    pub read_buffer_bytes: usize,
+    /// Server ping interval, also announced in `welcome`.
+    pub heartbeat_seconds: u64,
+    /// A peer silent for this long is closed and removed.
+    pub heartbeat_timeout_seconds: u64,
+    /// Outbound queue bound in frames; overflow closes with 4008.
+    pub outbox_max_frames: usize,
+    /// Outbound queue bound in bytes; overflow closes with 4008.
+    pub outbox_max_bytes: usize,
+    /// A socket write (one flushed batch) that takes longer closes the socket.
+    pub write_timeout_ms: u64,
+    /// Bad frames (malformed, unknown type) tolerated before closing with 1008.
+    pub max_bad_frames: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 65_536,
+            read_buffer_bytes: 1024,
+            heartbeat_seconds: 25,
+            heartbeat_timeout_seconds: 60,
+            outbox_max_frames: 1024,
+            outbox_max_bytes: 1 << 20,
+            write_timeout_ms: 10_000,
+            max_bad_frames: 10,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Rooms one socket may be subscribed to at once.
+    pub max_rooms_per_socket: usize,
+    /// Sockets one user (`sub`) may hold on this node; 0 = unlimited.
+    pub max_sockets_per_user: u32,
+    /// Sockets one client IP may hold on this node; 0 = unlimited.
+    pub max_sockets_per_ip: u32,
+    /// New sockets per second accepted by this node (token bucket); 0 = unlimited.
+    pub connect_rate: u32,
+    /// Burst size of the connection-rate bucket.
+    pub connect_burst: u32,
+    /// Inbound frames per second per socket (token bucket); 0 = unlimited.
+    pub messages_per_second: u32,
+    /// Burst size of the per-socket message bucket.
+    pub message_burst: u32,
+    /// Frames refused for rate before the socket is closed with 4029.
+    pub rate_limit_strikes: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms_per_socket: 100,
+            max_sockets_per_user: 0,
+            max_sockets_per_ip: 0,
+            connect_rate: 10_000,
+            connect_burst: 10_000,
+            messages_per_second: 50,
+            message_burst: 100,
+            rate_limit_strikes: 20,
+        }
+    }
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` (embedded, single node) or `redis`.
+    pub kind: String,
+    /// Inbound publications buffered between the broker and the hub.
+    pub queue_capacity: usize,
+    /// `[broker.redis]`
+    pub redis: RedisConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self { kind: "memory".into(), queue_capacity: 65_536, redis: RedisConfig::default() }
+    }
+}
+
+/// `[broker.redis]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Seed nodes `host:port`.
+    pub nodes: Vec<String>,
+    /// Redis Cluster (true) or a single Redis (false).
+    pub cluster: bool,
+    /// `sharded` (SSUBSCRIBE/SPUBLISH) or `classic` (SUBSCRIBE/PUBLISH).
+    pub pubsub: String,
+    /// Prefix of every channel name.
+    pub prefix: String,
+    /// ACL user name; empty = none.
+    pub username: String,
+    /// Password; empty = none.
+    pub password: String,
+    /// TLS to Redis.
+    pub tls: bool,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["127.0.0.1:7000".into()],
+            cluster: true,
+            pubsub: "sharded".into(),
+            prefix: "gw:".into(),
+            username: String::new(),
+            password: String::new(),
+            tls: false,
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by `POST /api/publish`; empty = the API is disabled (401).
+    pub keys: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `gateway=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}

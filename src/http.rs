@@ -1,0 +1,96 @@
+//! The node's one HTTP port (hyper 1.x): `GET /ws` (admission, then upgrade),
+//! `POST /api/publish`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! The accept loop never spins on `EMFILE`: the node's socket capacity is set
+//! below the open-files limit, so a full node still has descriptors to answer
+//! 503 with; if `accept` fails anyway it backs off briefly. It stops accepting
+//! as soon as the node starts draining.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::lifecycle::Phase;
+use crate::node::Node;
+
+mod probes;
+mod publish;
+mod upgrade;
+
+/// Response type of every route.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Accepts connections until the node starts draining.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let mut phase = node.lifecycle.watch();
+    loop {
+        let accepted = tokio::select! {
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let handshake = Duration::from_millis(node.config.server.handshake_timeout_ms);
+            let service = service_fn(move |req| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(route(node, peer, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    tracing::info!("listener closed");
+}
+
+async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    match (req.method(), req.uri().path()) {
+        (_, "/ws") => upgrade::handle(node, peer, req),
+        (&Method::POST, "/api/publish") => publish::handle(node, req).await,
+        (_, "/api/publish") => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+        (&Method::GET, "/healthz") => probes::healthz(),
+        (&Method::GET, "/readyz") => probes::readyz(&node),
+        (&Method::GET, "/metrics") => probes::metrics(&node),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+}
+
+/// The contract's error body: `{"error":{"code":"...","message":"..."}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    json(status, body.to_string())
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: String) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

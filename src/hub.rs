@@ -1,0 +1,325 @@
+//! Local routing: the node's session tables and fan-out.
+//!
+//! Two sharded tables (DashMap: shard-level RwLocks, so cores do not contend
+//! on one lock and a channel's subscribers are found by hash, not by scan):
+//! connection id -> socket, and channel -> its local subscribers. Counts are
+//! kept at mutation time. `deliver` never awaits: it clones the event's shared
+//! bytes into each subscriber's bounded outbox. Broker interest follows local
+//! interest: the first subscriber of a channel subscribes the broker, the last
+//! one out unsubscribes it, serialised per channel by a striped async lock so a
+//! subscribe and an unsubscribe of one channel cannot interleave.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
+
+use crate::broker::{BrokerError, Inbound, SharedBroker};
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, PushError};
+use crate::protocol::{Channel, Event, Format};
+
+/// A node-unique connection id.
+pub type ConnId = u64;
+
+/// What fan-out needs to reach one socket.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The socket's bounded queue.
+    pub outbox: Arc<Outbox>,
+    /// Which encoding of an event this socket takes.
+    pub format: Format,
+}
+
+type Subscribers = HashMap<ConnId, Subscriber, FxBuildHasher>;
+
+const STRIPES: usize = 1024;
+
+/// The node's session tables.
+pub struct Hub {
+    conns: DashMap<ConnId, Subscriber, FxBuildHasher>,
+    channels: DashMap<Channel, Subscribers, FxBuildHasher>,
+    // Held across the broker round trip of a first-subscribe / last-unsubscribe,
+    // hence async; striped so unrelated channels do not wait on each other.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    next_id: AtomicU64,
+    broker: SharedBroker,
+    metrics: Metrics,
+}
+
+/// Outcome of a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// The socket was added.
+    Added,
+    /// The socket was already subscribed.
+    Already,
+}
+
+impl Hub {
+    /// An empty hub bridged to `broker`.
+    pub fn new(broker: SharedBroker, metrics: Metrics) -> Hub {
+        Hub {
+            conns: DashMap::with_hasher(FxBuildHasher),
+            channels: DashMap::with_hasher(FxBuildHasher),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            next_id: AtomicU64::new(1),
+            broker,
+            metrics,
+        }
+    }
+
+    /// The broker this hub subscribes through.
+    pub fn broker(&self) -> &SharedBroker {
+        &self.broker
+    }
+
+    /// Adds a socket to the connection registry (and so to `broadcast`).
+    pub fn register(&self, subscriber: Subscriber) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(id, subscriber);
+        self.metrics.sockets_open.inc();
+        id
+    }
+
+    /// Removes a socket from the registry. Its channels must be left first.
+    pub fn unregister(&self, id: ConnId) {
+        if self.conns.remove(&id).is_some() {
+            self.metrics.sockets_open.dec();
+        }
+    }
+
+    fn stripe(&self, channel: &Channel) -> &tokio::sync::Mutex<()> {
+        let hash = FxBuildHasher.hash_one(channel) as usize;
+        &self.stripes[hash % STRIPES]
+    }
+
+    /// Adds `id` to `channel`. Resolves once the broker subscription is live;
+    /// if the broker refuses, the local subscription is rolled back.
+    pub async fn subscribe(&self, channel: &Channel, id: ConnId, subscriber: Subscriber) -> Result<Joined, BrokerError> {
+        let _serial = self.stripe(channel).lock().await;
+        let first = {
+            let mut subs = self.channels.entry(channel.clone()).or_default();
+            let first = subs.is_empty();
+            if subs.insert(id, subscriber).is_some() {
+                return Ok(Joined::Already);
+            }
+            first
+        };
+        self.metrics.subscriptions.inc();
+        if first {
+            self.metrics.channels.inc();
+            if let Err(e) = self.broker.subscribe(channel).await {
+                self.remove_local(channel, id);
+                return Err(e);
+            }
+        }
+        Ok(Joined::Added)
+    }
+
+    /// Removes `id` from `channel`; the last one out unsubscribes the broker.
+    /// Returns whether the socket was subscribed.
+    pub async fn unsubscribe(&self, channel: &Channel, id: ConnId) -> bool {
+        let _serial = self.stripe(channel).lock().await;
+        match self.remove_local(channel, id) {
+            Removed::NotThere => false,
+            Removed::Removed => true,
+            Removed::Last => {
+                if let Err(e) = self.broker.unsubscribe(channel).await {
+                    // The broker reconciles its own subscriptions; a stale one
+                    // only costs traffic this node drops.
+                    tracing::warn!(error = %e, "broker unsubscribe failed");
+                }
+                true
+            }
+        }
+    }
+
+    fn remove_local(&self, channel: &Channel, id: ConnId) -> Removed {
+        let mut outcome = Removed::NotThere;
+        let emptied = self.channels.remove_if_mut(channel, |_, subs| {
+            if subs.remove(&id).is_some() {
+                outcome = Removed::Removed;
+            }
+            subs.is_empty()
+        });
+        if outcome == Removed::NotThere {
+            return outcome;
+        }
+        self.metrics.subscriptions.dec();
+        if emptied.is_some() {
+            self.metrics.channels.dec();
+            return Removed::Last;
+        }
+        outcome
+    }
+
+    /// Queues `event` to every local subscriber of its channel without
+    /// waiting. Returns how many sockets got it.
+    pub fn deliver(&self, event: &Event) -> usize {
+        let mut delivered = 0;
+        let mut push = |sub: &Subscriber| match sub.outbox.push(event.message(sub.format).clone(), Some(event.received_at())) {
+            Ok(()) => delivered += 1,
+            // The outbox marked itself; its session closes with 4008 and counts it.
+            Err(PushError::Full) | Err(PushError::Closed) => {}
+        };
+        match event.channel() {
+            Channel::Broadcast => self.conns.iter().for_each(|entry| push(entry.value())),
+            channel => {
+                if let Some(subs) = self.channels.get(channel) {
+                    subs.values().for_each(&mut push);
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Feeds the broker's inbound publications into fan-out, in order, until
+    /// the broker closes its queue.
+    pub async fn pump(self: Arc<Self>, mut inbound: Inbound) {
+        let broker_source = self.metrics.publications_in.with_label_values(&["broker"]);
+        while let Some(publication) = inbound.recv().await {
+            broker_source.inc();
+            self.deliver(&Event::new(publication));
+        }
+    }
+
+    /// Every open socket's outbox (a snapshot, for drain).
+    pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.conns.iter().map(|e| e.value().outbox.clone()).collect()
+    }
+
+    /// Table sizes, for tests and leak checks.
+    pub fn sizes(&self) -> TableSizes {
+        TableSizes {
+            conns: self.conns.len(),
+            channels: self.channels.len(),
+            subscriptions: self.channels.iter().map(|e| e.value().len()).sum(),
+        }
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &Channel) -> usize {
+        self.channels.get(channel).map_or(0, |s| s.len())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removed {
+    NotThere,
+    Removed,
+    Last,
+}
+
+/// Sizes of the hub's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableSizes {
+    /// Registered sockets.
+    pub conns: usize,
+    /// Channels with local subscribers.
+    pub channels: usize,
+    /// (socket, channel) memberships.
+    pub subscriptions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{BoxFuture, Broker, BrokerState, MemoryBroker};
+    use crate::protocol::{Publication, RoomName};
+    use bytes::Bytes;
+    use std::collections::VecDeque;
+    use std::time::Instant;
+
+    fn hub() -> (Arc<Hub>, Arc<MemoryBroker>) {
+        let (broker, _rx) = MemoryBroker::new(16);
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        (Arc::new(Hub::new(broker.clone(), metrics)), broker)
+    }
+
+    fn sub(format: Format) -> Subscriber {
+        Subscriber { outbox: Arc::new(Outbox::new(8, 1 << 16)), format }
+    }
+
+    fn room(name: &str) -> Channel {
+        Channel::Room(RoomName::parse(name).unwrap())
+    }
+
+    fn event(channel: Channel) -> Event {
+        Event::new(Publication { channel, payload: Bytes::from_static(b"{}"), received_at: Instant::now() })
+    }
+
+    #[tokio::test]
+    async fn broker_interest_follows_first_and_last_subscriber() {
+        let (hub, broker) = hub();
+        let (a, b) = (sub(Format::Json), sub(Format::MsgPack));
+        let (ia, ib) = (hub.register(a.clone()), hub.register(b.clone()));
+        let lobby = room("lobby");
+        assert_eq!(hub.subscribe(&lobby, ia, a.clone()).await, Ok(Joined::Added));
+        assert_eq!(hub.subscribe(&lobby, ia, a).await, Ok(Joined::Already));
+        hub.subscribe(&lobby, ib, b).await.unwrap();
+        assert_eq!(broker.subscription_count(), 1);
+        assert!(hub.unsubscribe(&lobby, ia).await);
+        assert_eq!(broker.subscription_count(), 1);
+        assert!(hub.unsubscribe(&lobby, ib).await);
+        assert!(!hub.unsubscribe(&lobby, ib).await);
+        assert_eq!(broker.subscription_count(), 0);
+        hub.unregister(ia);
+        hub.unregister(ib);
+        assert_eq!(hub.sizes(), TableSizes::default());
+    }
+
+    #[tokio::test]
+    async fn deliver_reaches_room_members_and_broadcast_reaches_all() {
+        let (hub, _) = hub();
+        let (a, b) = (sub(Format::Json), sub(Format::MsgPack));
+        let ia = hub.register(a.clone());
+        hub.register(b.clone());
+        hub.subscribe(&room("lobby"), ia, a.clone()).await.unwrap();
+        assert_eq!(hub.deliver(&event(room("lobby"))), 1);
+        assert_eq!(hub.deliver(&event(room("empty"))), 0);
+        assert_eq!(hub.deliver(&event(Channel::Broadcast)), 2);
+        let mut batch = VecDeque::new();
+        a.outbox.take(&mut batch);
+        assert_eq!(batch.len(), 2);
+        assert!(batch[0].message.is_text());
+        batch.clear();
+        b.outbox.take(&mut batch);
+        assert!(batch[0].message.is_binary());
+    }
+
+    struct Refusing;
+    impl Broker for Refusing {
+        fn subscribe<'a>(&'a self, _: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async { Err(BrokerError::Unavailable) })
+        }
+        fn unsubscribe<'a>(&'a self, _: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn publish(&self, _: Channel, _: Bytes) -> Result<(), BrokerError> {
+            Err(BrokerError::Unavailable)
+        }
+        fn state(&self) -> tokio::sync::watch::Receiver<BrokerState> {
+            tokio::sync::watch::channel(BrokerState::Down).1
+        }
+        fn subscription_count(&self) -> usize {
+            0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_broker_subscribe_rolls_back() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let hub = Hub::new(Arc::new(Refusing), metrics.clone());
+        let a = sub(Format::Json);
+        let ia = hub.register(a.clone());
+        assert_eq!(hub.subscribe(&room("lobby"), ia, a).await, Err(BrokerError::Unavailable));
+        assert_eq!(hub.sizes().channels, 0);
+        assert_eq!(metrics.subscriptions.get(), 0);
+        assert_eq!(metrics.channels.get(), 0);
+    }
+}

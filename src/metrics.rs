@@ -1,0 +1,213 @@
+//! Every metric the node exports, registered on a `Registry` the caller owns
+//! (tests run many gateways in one process). Labels are low-cardinality
+//! reasons, types and codes only: never room or user names.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::protocol::{Disconnect, ErrorCode};
+
+/// Refusal reasons of `gateway_upgrades_refused_total`.
+pub const REFUSAL_REASONS: [&str; 9] = [
+    "unauthorized",
+    "forbidden_origin",
+    "capacity",
+    "draining",
+    "ip_limit",
+    "user_limit",
+    "rate_limited",
+    "bad_request",
+    "not_ready",
+];
+
+/// Auth failure reasons of `gateway_auth_failures_total`.
+pub const AUTH_REASONS: [&str; 11] = [
+    "missing",
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "algorithm",
+    "issuer",
+    "audience",
+    "unknown_key",
+    "missing_claim",
+    "sub_mismatch",
+];
+
+/// Frame types of `gateway_frames_in_total`.
+pub const FRAME_TYPES: [&str; 6] = ["subscribe", "unsubscribe", "publish", "refresh", "ping", "invalid"];
+
+/// Sources of `gateway_publications_in_total`.
+pub const SOURCES: [&str; 3] = ["http", "client", "broker"];
+
+/// The node's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Open WebSocket sessions.
+    pub sockets_open: IntGauge,
+    /// Sockets this node admits at most.
+    pub socket_capacity: IntGauge,
+    /// Upgrades accepted.
+    pub upgrades_accepted: IntCounter,
+    /// Upgrades refused, by reason.
+    pub upgrades_refused: IntCounterVec,
+    /// Token verification failures (upgrade and refresh), by reason.
+    pub auth_failures: IntCounterVec,
+    /// Inbound frames, by type.
+    pub frames_in: IntCounterVec,
+    /// Frames written to sockets.
+    pub frames_out: IntCounter,
+    /// Bytes of frames written to sockets.
+    pub bytes_out: IntCounter,
+    /// Publications received, by source.
+    pub publications_in: IntCounterVec,
+    /// Event frames queued to sockets by fan-out.
+    pub deliveries: IntCounter,
+    /// Publication received by the node -> frame written to the socket.
+    pub fanout_latency: Histogram,
+    /// Sockets closed with 4008.
+    pub slow_consumer_closes: IntCounter,
+    /// Server-initiated closes, by close code.
+    pub closes: IntCounterVec,
+    /// `error` frames sent, by code.
+    pub errors_sent: IntCounterVec,
+    /// Channels with at least one local subscriber.
+    pub channels: IntGauge,
+    /// (socket, channel) memberships.
+    pub subscriptions: IntGauge,
+    /// 1 while the broker is up.
+    pub broker_up: IntGauge,
+    /// Broker reconnects.
+    pub broker_reconnects: IntCounter,
+    /// Channels re-subscribed after a broker reconnect or topology change.
+    pub broker_resubscribes: IntCounter,
+    /// Publishes the broker failed to carry.
+    pub broker_publish_errors: IntCounter,
+    /// Broker publish -> receive time, measured by a probe.
+    pub broker_inbound_lag: Histogram,
+    /// 1 while draining.
+    pub draining: IntGauge,
+    /// 1 while ready for new sockets.
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on `registry`, with every label set
+    /// pre-initialised so dashboards and alerts see zeros, not gaps.
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            for v in values {
+                c.with_label_values(&[*v]);
+            }
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let codes: Vec<String> = Disconnect::ALL.iter().map(|d| d.code().to_string()).collect();
+        let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
+        let errors: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+
+        Ok(Metrics {
+            sockets_open: gauge("gateway_sockets_open", "Open WebSocket sessions")?,
+            socket_capacity: gauge("gateway_socket_capacity", "Sockets this node admits at most")?,
+            upgrades_accepted: counter("gateway_upgrades_accepted_total", "WebSocket upgrades accepted")?,
+            upgrades_refused: counter_vec(
+                "gateway_upgrades_refused_total",
+                "WebSocket upgrades refused before the upgrade, by reason",
+                "reason",
+                &REFUSAL_REASONS,
+            )?,
+            auth_failures: counter_vec(
+                "gateway_auth_failures_total",
+                "Token verification failures, by reason",
+                "reason",
+                &AUTH_REASONS,
+            )?,
+            frames_in: counter_vec("gateway_frames_in_total", "Inbound frames, by type", "type", &FRAME_TYPES)?,
+            frames_out: counter("gateway_frames_out_total", "Frames written to sockets")?,
+            bytes_out: counter("gateway_bytes_out_total", "Bytes of frames written to sockets")?,
+            publications_in: counter_vec(
+                "gateway_publications_in_total",
+                "Publications received, by source",
+                "source",
+                &SOURCES,
+            )?,
+            deliveries: counter("gateway_deliveries_total", "Event frames queued to sockets by fan-out")?,
+            fanout_latency: histogram(
+                "gateway_fanout_latency_seconds",
+                "Publication received by the node until its frame is written to the socket (oldest frame of each written batch)",
+                latency_buckets.clone(),
+            )?,
+            slow_consumer_closes: counter(
+                "gateway_slow_consumer_closes_total",
+                "Sockets closed with 4008 because their outbound queue overflowed",
+            )?,
+            closes: counter_vec("gateway_closes_total", "Server-initiated closes, by close code", "code", &codes)?,
+            errors_sent: counter_vec("gateway_errors_sent_total", "Error frames sent, by code", "code", &errors)?,
+            channels: gauge("gateway_channels", "Channels with at least one local subscriber")?,
+            subscriptions: gauge("gateway_subscriptions", "Socket-channel memberships on this node")?,
+            broker_up: gauge("gateway_broker_up", "1 while the broker is connected")?,
+            broker_reconnects: counter("gateway_broker_reconnects_total", "Broker reconnects")?,
+            broker_resubscribes: counter(
+                "gateway_broker_resubscribes_total",
+                "Channels re-subscribed after a broker reconnect or topology change",
+            )?,
+            broker_publish_errors: counter(
+                "gateway_broker_publish_errors_total",
+                "Publishes the broker failed to carry",
+            )?,
+            broker_inbound_lag: histogram(
+                "gateway_broker_inbound_lag_seconds",
+                "Broker publish to receive time, measured by the liveness probe",
+                latency_buckets,
+            )?,
+            draining: gauge("gateway_draining", "1 while the node is draining")?,
+            ready: gauge("gateway_ready", "1 while the node accepts new sockets")?,
+        })
+    }
+
+    /// Counts a server-initiated close.
+    pub fn closed(&self, reason: Disconnect) {
+        self.closes.with_label_values(&[&reason.code().to_string()]).inc();
+        if reason == Disconnect::SlowConsumer {
+            self.slow_consumer_closes.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    #[test]
+    fn two_registries_do_not_collide_and_labels_are_preinitialised() {
+        let (a, b) = (Registry::new(), Registry::new());
+        Metrics::new(&a).unwrap();
+        Metrics::new(&b).unwrap();
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new().encode(&a.gather(), &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains(r#"gateway_upgrades_refused_total{reason="draining"} 0"#));
+        assert!(text.contains(r#"gateway_closes_total{code="4008"} 0"#));
+    }
+}

@@ -1,0 +1,306 @@
+//! The v1 wire contract (CONTRACT.md section 2): validated names, channels,
+//! client and server frames, error and close codes.
+//!
+//! This module depends on nothing else in the crate. Encoding to bytes lives in
+//! `protocol/codec.rs`; a publication's encode-once cache lives in
+//! `protocol/event.rs`.
+
+use std::fmt;
+use std::sync::Arc;
+
+mod codec;
+mod event;
+
+pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
+pub use event::{Event, Publication};
+
+/// Longest room name the contract allows.
+pub const MAX_ROOM_LEN: usize = 128;
+
+/// A room name that passed the contract's validation: 1..=128 characters of
+/// `A-Z a-z 0-9 _ - : . @`. Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    /// Validates `name`; `None` means the client gets `bad_room`.
+    pub fn parse(name: &str) -> Option<RoomName> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_ROOM_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'@'));
+        ok.then(|| RoomName(Arc::from(name)))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Where a publication goes: a room, every socket of one user, or everyone.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Channel {
+    /// `room:<R>`
+    Room(RoomName),
+    /// `user:<U>`: every socket of that user.
+    User(Arc<str>),
+    /// `broadcast`: every socket.
+    Broadcast,
+}
+
+impl Channel {
+    /// Parses the contract's channel names: `room:<R>`, `user:<U>`, `broadcast`.
+    pub fn parse(name: &str) -> Option<Channel> {
+        if name == "broadcast" {
+            Some(Channel::Broadcast)
+        } else if let Some(room) = name.strip_prefix("room:") {
+            RoomName::parse(room).map(Channel::Room)
+        } else if let Some(user) = name.strip_prefix("user:") {
+            (!user.is_empty() && user.len() <= 256).then(|| Channel::User(Arc::from(user)))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Channel::Room(r) => write!(f, "room:{}", r.as_str()),
+            Channel::User(u) => write!(f, "user:{u}"),
+            Channel::Broadcast => f.write_str("broadcast"),
+        }
+    }
+}
+
+/// A request id chosen by the client and echoed in the reply: any JSON scalar.
+pub type RequestId = serde_json::Value;
+
+/// A decoded, shape-checked client frame (names not yet validated).
+#[derive(Debug, PartialEq)]
+pub enum ClientFrame {
+    /// Join a room.
+    Subscribe {
+        /// Requested room, validated by the session.
+        room: String,
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+    /// Leave a room.
+    Unsubscribe {
+        /// Room to leave.
+        room: String,
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+    /// Publish `data` (JSON bytes) to a room.
+    Publish {
+        /// Target room.
+        room: String,
+        /// The payload as JSON text, ready to hand to the broker.
+        data: bytes::Bytes,
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+    /// Replace the connection's token (same `sub`).
+    Refresh {
+        /// The new JWT.
+        token: String,
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+    /// Application-level ping; answered with `pong`.
+    Ping {
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+}
+
+/// Error codes of `error` frames. `code()` is the wire string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed JSON/MessagePack, unknown `type`, missing field.
+    BadFrame,
+    /// Room name outside the contract's alphabet or length.
+    BadRoom,
+    /// The token's grants do not allow this room.
+    Forbidden,
+    /// The socket is already in `limits.max_rooms_per_socket` rooms.
+    TooManyRooms,
+    /// Inbound message rate exceeded; the frame was dropped.
+    RateLimited,
+    /// A `refresh` token failed verification.
+    BadToken,
+    /// A `refresh` token names another user.
+    SubMismatch,
+    /// The broker could not take the subscription or publication.
+    BrokerUnavailable,
+    /// The node is overloaded; retry later.
+    Overloaded,
+}
+
+impl ErrorCode {
+    /// The wire string, also the metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::SubMismatch => "sub_mismatch",
+            ErrorCode::BrokerUnavailable => "broker_unavailable",
+            ErrorCode::Overloaded => "overloaded",
+        }
+    }
+
+    /// Every code, for pre-registering metric label sets.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::BadFrame,
+        ErrorCode::BadRoom,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::BadToken,
+        ErrorCode::SubMismatch,
+        ErrorCode::BrokerUnavailable,
+        ErrorCode::Overloaded,
+    ];
+}
+
+/// Server -> client frames other than events (those are encoded once, see [`Event`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    /// First frame on every socket.
+    Welcome {
+        /// Connection id.
+        conn: String,
+        /// The token's `sub`.
+        user: Arc<str>,
+        /// Node id.
+        node: Arc<str>,
+        /// Server ping interval in seconds.
+        heartbeat: u64,
+    },
+    /// Success reply.
+    Ok {
+        /// The request's id.
+        id: Option<RequestId>,
+    },
+    /// Failure reply (`id` absent: about the connection).
+    Error {
+        /// The request's id.
+        id: Option<RequestId>,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// The request's id.
+        id: Option<RequestId>,
+    },
+}
+
+/// Why a socket is being closed: the contract's close-code table in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// 1000
+    Normal,
+    /// 1001: the peer stopped answering heartbeats.
+    HeartbeatTimeout,
+    /// 1012: node draining; reconnect elsewhere with jitter.
+    Draining,
+    /// 1008: repeated bad frames.
+    PolicyViolation,
+    /// 1009: a frame above `websocket.max_frame_bytes`.
+    TooBig,
+    /// 1011: internal error.
+    Internal,
+    /// 4001: token expired without refresh.
+    TokenExpired,
+    /// 4008: outbound queue overflowed.
+    SlowConsumer,
+    /// 4029: inbound rate exceeded repeatedly.
+    RateLimited,
+}
+
+impl Disconnect {
+    /// WebSocket close code.
+    pub fn code(self) -> u16 {
+        match self {
+            Disconnect::Normal => 1000,
+            Disconnect::HeartbeatTimeout => 1001,
+            Disconnect::Draining => 1012,
+            Disconnect::PolicyViolation => 1008,
+            Disconnect::TooBig => 1009,
+            Disconnect::Internal => 1011,
+            Disconnect::TokenExpired => 4001,
+            Disconnect::SlowConsumer => 4008,
+            Disconnect::RateLimited => 4029,
+        }
+    }
+
+    /// Close reason text sent with the code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Disconnect::Normal => "bye",
+            Disconnect::HeartbeatTimeout => "heartbeat timeout",
+            Disconnect::Draining => "node draining, reconnect",
+            Disconnect::PolicyViolation => "policy violation",
+            Disconnect::TooBig => "frame too large",
+            Disconnect::Internal => "internal error",
+            Disconnect::TokenExpired => "token expired",
+            Disconnect::SlowConsumer => "slow consumer",
+            Disconnect::RateLimited => "rate limited",
+        }
+    }
+
+    /// Every variant, for pre-registering metric label sets.
+    pub const ALL: [Disconnect; 9] = [
+        Disconnect::Normal,
+        Disconnect::HeartbeatTimeout,
+        Disconnect::Draining,
+        Disconnect::PolicyViolation,
+        Disconnect::TooBig,
+        Disconnect::Internal,
+        Disconnect::TokenExpired,
+        Disconnect::SlowConsumer,
+        Disconnect::RateLimited,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_contract_alphabet() {
+        for ok in ["lobby", "team-42:x", "a.b@c_d", &"r".repeat(128)] {
+            assert!(RoomName::parse(ok).is_some(), "{ok}");
+        }
+        for bad in ["", "has space", "é", "a/b", "a*", &"r".repeat(129)] {
+            assert!(RoomName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn channels_round_trip_through_their_names() {
+        for name in ["room:lobby", "user:alice", "broadcast"] {
+            assert_eq!(Channel::parse(name).unwrap().to_string(), name);
+        }
+        for bad in ["room:", "room:a b", "user:", "other:x", "broadcast2"] {
+            assert!(Channel::parse(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Encode once: a publication is serialized at most once per wire format, and
+//! every subscriber gets a clone of the same immutable bytes.
+//!
+//! Backend payloads that are valid JSON are spliced into the JSON event frame
+//! verbatim (validated without building a tree); anything else becomes a JSON
+//! string. MessagePack sockets get one conversion per publication, not per socket.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::{Channel, Format};
+
+/// A message as the node received it from the broker.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// Where it goes.
+    pub channel: Channel,
+    /// The backend's payload bytes (JSON expected, anything tolerated).
+    pub payload: Bytes,
+    /// When this node received it: the start of the fan-out latency clock.
+    pub received_at: Instant,
+}
+
+/// A publication ready for fan-out, with lazily built per-format frames.
+#[derive(Debug)]
+pub struct Event {
+    channel: Channel,
+    /// Always valid JSON text.
+    data: Bytes,
+    received_at: Instant,
+    json: OnceLock<Message>,
+    msgpack: OnceLock<Message>,
+}
+
+impl Event {
+    /// Validates the payload once; non-JSON payloads become a JSON string.
+    pub fn new(publication: Publication) -> Event {
+        let Publication { channel, payload, received_at } = publication;
+        let data = if is_json(&payload) {
+            payload
+        } else {
+            let text = String::from_utf8_lossy(&payload);
+            Bytes::from(serde_json::to_vec(&text).unwrap_or_default())
+        };
+        Event { channel, data, received_at, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// The channel this event is for.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// When the node received the publication.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// The `event` frame in `format`, built on first use; clones are cheap
+    /// (a reference-count increment on the shared bytes).
+    pub fn message(&self, format: Format) -> &Message {
+        match format {
+            Format::Json => self.json.get_or_init(|| self.encode_json()),
+            Format::MsgPack => self.msgpack.get_or_init(|| self.encode_msgpack()),
+        }
+    }
+
+    fn encode_json(&self) -> Message {
+        let channel = serde_json::to_vec(&self.channel.to_string()).unwrap_or_default();
+        let mut buf = BytesMut::with_capacity(36 + channel.len() + self.data.len());
+        buf.put_slice(br#"{"type":"event","channel":"#);
+        buf.put_slice(&channel);
+        buf.put_slice(br#","data":"#);
+        buf.put_slice(&self.data);
+        buf.put_u8(b'}');
+        // Every part is UTF-8: `data` was checked in `new`, the rest is ours.
+        match Utf8Bytes::try_from(buf.freeze()) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::text(r#"{"type":"event","channel":"","data":null}"#),
+        }
+    }
+
+    fn encode_msgpack(&self) -> Message {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            r#type: &'static str,
+            channel: String,
+            data: &'a serde_json::Value,
+        }
+        let value: serde_json::Value = serde_json::from_slice(&self.data).unwrap_or_default();
+        let wire = Wire { r#type: "event", channel: self.channel.to_string(), data: &value };
+        Message::Binary(Bytes::from(rmp_serde::to_vec_named(&wire).unwrap_or_default()))
+    }
+}
+
+/// Full validation (UTF-8 included) without building a `Value` tree.
+fn is_json(payload: &[u8]) -> bool {
+    match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::RoomName;
+
+    fn event(payload: &'static [u8]) -> Event {
+        Event::new(Publication {
+            channel: Channel::Room(RoomName::parse("lobby").unwrap()),
+            payload: Bytes::from_static(payload),
+            received_at: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn json_payload_is_spliced_verbatim() {
+        let e = event(br#"{"a":1}"#);
+        assert_eq!(
+            e.message(Format::Json).to_text().unwrap(),
+            r#"{"type":"event","channel":"room:lobby","data":{"a":1}}"#
+        );
+    }
+
+    #[test]
+    fn non_json_payload_becomes_a_string() {
+        let e = event(b"hello \"world\"");
+        assert_eq!(
+            e.message(Format::Json).to_text().unwrap(),
+            r#"{"type":"event","channel":"room:lobby","data":"hello \"world\""}"#
+        );
+        let bad_utf8 = event(b"\"\xff\"");
+        let v: serde_json::Value = serde_json::from_str(bad_utf8.message(Format::Json).to_text().unwrap()).unwrap();
+        assert!(v["data"].is_string());
+    }
+
+    #[test]
+    fn user_channel_names_are_escaped() {
+        let e = Event::new(Publication {
+            channel: Channel::User("a\"b".into()),
+            payload: Bytes::from_static(b"1"),
+            received_at: Instant::now(),
+        });
+        let v: serde_json::Value = serde_json::from_str(e.message(Format::Json).to_text().unwrap()).unwrap();
+        assert_eq!(v["channel"], "user:a\"b");
+    }
+
+    #[test]
+    fn msgpack_holds_the_same_map() {
+        let e = event(br#"{"a":[1,"x"]}"#);
+        let v: serde_json::Value = rmp_serde::from_slice(&e.message(Format::MsgPack).clone().into_data()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"event","channel":"room:lobby","data":{"a":[1,"x"]}}));
+    }
+
+    #[test]
+    fn each_format_is_encoded_once_and_shared() {
+        let e = event(br#"{"a":1}"#);
+        let (Message::Text(a), Message::Text(b)) = (e.message(Format::Json).clone(), e.message(Format::Json).clone())
+        else {
+            panic!("text expected")
+        };
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "clones share one buffer");
+    }
+}

@@ -1,0 +1,12 @@
+//! Black-box tests of one gateway node: real sockets on loopback, real JWTs,
+//! the embedded broker. One test binary (modules under `tests/gateway/`) so
+//! the suite links once.
+
+mod harness;
+
+mod admission;
+mod backpressure;
+mod delivery;
+mod drain;
+mod frames;
+mod lifetime;
