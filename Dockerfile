@@ -34,6 +34,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > loadtest/src/main.rs \
+    && touch loadtest/src/lib.rs \
     && cargo build --release --locked --package gateway --lib
 
 # Real sources. `touch` makes cargo rebuild the crate itself: COPY keeps the

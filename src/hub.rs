@@ -34,14 +34,20 @@ pub struct Subscriber {
     pub format: Format,
 }
 
-type Subscribers = HashMap<ConnId, Subscriber, FxBuildHasher>;
+/// One channel's local subscribers. `live` turns true once the broker
+/// subscription is established; until then joiners wait on the stripe lock.
+#[derive(Default)]
+struct ChannelSubs {
+    live: bool,
+    subs: HashMap<ConnId, Subscriber, FxBuildHasher>,
+}
 
 const STRIPES: usize = 1024;
 
 /// The node's session tables.
 pub struct Hub {
     conns: DashMap<ConnId, Subscriber, FxBuildHasher>,
-    channels: DashMap<Channel, Subscribers, FxBuildHasher>,
+    channels: DashMap<Channel, ChannelSubs, FxBuildHasher>,
     // Held across the broker round trip of a first-subscribe / last-unsubscribe,
     // hence async; striped so unrelated channels do not wait on each other.
     stripes: Box<[tokio::sync::Mutex<()>]>,
@@ -99,36 +105,65 @@ impl Hub {
 
     /// Adds `id` to `channel`. Resolves once the broker subscription is live;
     /// if the broker refuses, the local subscription is rolled back.
+    ///
+    /// Joining a channel whose broker subscription is already live takes only
+    /// the table's shard lock; the striped async lock is taken on the first
+    /// subscriber's path, which waits for the broker.
     pub async fn subscribe(&self, channel: &Channel, id: ConnId, subscriber: Subscriber) -> Result<Joined, BrokerError> {
+        if let Some(mut entry) = self.channels.get_mut(channel)
+            && entry.live
+        {
+            return Ok(self.insert(&mut entry, id, subscriber));
+        }
         let _serial = self.stripe(channel).lock().await;
         let first = {
-            let mut subs = self.channels.entry(channel.clone()).or_default();
-            let first = subs.is_empty();
-            if subs.insert(id, subscriber).is_some() {
+            let mut entry = self.channels.entry(channel.clone()).or_default();
+            if entry.live {
+                return Ok(self.insert(&mut entry, id, subscriber));
+            }
+            if self.insert(&mut entry, id, subscriber) == Joined::Already {
                 return Ok(Joined::Already);
             }
-            first
+            entry.subs.len() == 1
         };
-        self.metrics.subscriptions.inc();
         if first {
             self.metrics.channels.inc();
-            if let Err(e) = self.broker.subscribe(channel).await {
+        }
+        match self.broker.subscribe(channel).await {
+            Ok(()) => {
+                if let Some(mut entry) = self.channels.get_mut(channel) {
+                    entry.live = true;
+                }
+                Ok(Joined::Added)
+            }
+            Err(e) => {
                 self.remove_local(channel, id);
-                return Err(e);
+                Err(e)
             }
         }
-        Ok(Joined::Added)
+    }
+
+    fn insert(&self, entry: &mut ChannelSubs, id: ConnId, subscriber: Subscriber) -> Joined {
+        if entry.subs.insert(id, subscriber).is_some() {
+            return Joined::Already;
+        }
+        self.metrics.subscriptions.inc();
+        Joined::Added
     }
 
     /// Removes `id` from `channel`; the last one out unsubscribes the broker.
     /// Returns whether the socket was subscribed.
     pub async fn unsubscribe(&self, channel: &Channel, id: ConnId) -> bool {
-        let _serial = self.stripe(channel).lock().await;
         match self.remove_local(channel, id) {
-            Removed::NotThere => false,
-            Removed::Removed => true,
-            Removed::Last => {
-                if let Err(e) = self.broker.unsubscribe(channel).await {
+            Left::NotThere => false,
+            Left::Member => true,
+            Left::Last => {
+                let _serial = self.stripe(channel).lock().await;
+                // Someone may have joined again (and subscribed the broker)
+                // between the removal and this lock: then the broker stays.
+                if !self.channels.contains_key(channel)
+                    && let Err(e) = self.broker.unsubscribe(channel).await
+                {
                     // The broker reconciles its own subscriptions; a stale one
                     // only costs traffic this node drops.
                     tracing::warn!(error = %e, "broker unsubscribe failed");
@@ -138,21 +173,21 @@ impl Hub {
         }
     }
 
-    fn remove_local(&self, channel: &Channel, id: ConnId) -> Removed {
-        let mut outcome = Removed::NotThere;
-        let emptied = self.channels.remove_if_mut(channel, |_, subs| {
-            if subs.remove(&id).is_some() {
-                outcome = Removed::Removed;
+    fn remove_local(&self, channel: &Channel, id: ConnId) -> Left {
+        let mut outcome = Left::NotThere;
+        let emptied = self.channels.remove_if_mut(channel, |_, entry| {
+            if entry.subs.remove(&id).is_some() {
+                outcome = Left::Member;
             }
-            subs.is_empty()
+            entry.subs.is_empty()
         });
-        if outcome == Removed::NotThere {
+        if outcome == Left::NotThere {
             return outcome;
         }
         self.metrics.subscriptions.dec();
         if emptied.is_some() {
             self.metrics.channels.dec();
-            return Removed::Last;
+            return Left::Last;
         }
         outcome
     }
@@ -169,8 +204,8 @@ impl Hub {
         match event.channel() {
             Channel::Broadcast => self.conns.iter().for_each(|entry| push(entry.value())),
             channel => {
-                if let Some(subs) = self.channels.get(channel) {
-                    subs.values().for_each(&mut push);
+                if let Some(entry) = self.channels.get(channel) {
+                    entry.subs.values().for_each(&mut push);
                 }
             }
         }
@@ -198,20 +233,20 @@ impl Hub {
         TableSizes {
             conns: self.conns.len(),
             channels: self.channels.len(),
-            subscriptions: self.channels.iter().map(|e| e.value().len()).sum(),
+            subscriptions: self.channels.iter().map(|e| e.value().subs.len()).sum(),
         }
     }
 
     /// Local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &Channel) -> usize {
-        self.channels.get(channel).map_or(0, |s| s.len())
+        self.channels.get(channel).map_or(0, |e| e.subs.len())
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Removed {
+enum Left {
     NotThere,
-    Removed,
+    Member,
     Last,
 }
 
@@ -321,5 +356,71 @@ mod tests {
         assert_eq!(hub.sizes().channels, 0);
         assert_eq!(metrics.subscriptions.get(), 0);
         assert_eq!(metrics.channels.get(), 0);
+    }
+
+    /// A broker that yields inside subscribe/unsubscribe, widening the window
+    /// in which a first-subscribe and a last-unsubscribe could interleave.
+    struct Yielding(Arc<MemoryBroker>);
+    impl Broker for Yielding {
+        fn subscribe<'a>(&'a self, c: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                self.0.subscribe(c).await
+            })
+        }
+        fn unsubscribe<'a>(&'a self, c: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                self.0.unsubscribe(c).await
+            })
+        }
+        fn publish(&self, c: Channel, p: Bytes) -> Result<(), BrokerError> {
+            self.0.publish(c, p)
+        }
+        fn state(&self) -> tokio::sync::watch::Receiver<BrokerState> {
+            self.0.state()
+        }
+        fn subscription_count(&self) -> usize {
+            self.0.subscription_count()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscribe_unsubscribe_storms_end_in_the_right_broker_state() {
+        let (memory, _rx) = MemoryBroker::new(16);
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let hub = Arc::new(Hub::new(Arc::new(Yielding(memory.clone())), metrics));
+        let rooms: Vec<Channel> = (0..3).map(|i| room(&format!("storm{i}"))).collect();
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (hub, rooms) = (hub.clone(), rooms.clone());
+                tokio::spawn(async move {
+                    let s = sub(Format::Json);
+                    let id = hub.register(s.clone());
+                    for i in 0..300u64 {
+                        let r = &rooms[((i * 7 + t) % 3) as usize];
+                        hub.subscribe(r, id, s.clone()).await.unwrap();
+                        if (i + t) % 5 != 0 {
+                            hub.unsubscribe(r, id).await;
+                        }
+                    }
+                    (id, t)
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        let interested = rooms.iter().filter(|r| hub.subscriber_count(r) > 0).count();
+        assert_eq!(memory.subscription_count(), interested, "broker interest equals local interest");
+        for (id, _) in ids {
+            for r in &rooms {
+                hub.unsubscribe(r, id).await;
+            }
+            hub.unregister(id);
+        }
+        assert_eq!(memory.subscription_count(), 0);
+        assert_eq!(hub.sizes(), TableSizes::default());
     }
 }

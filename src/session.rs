@@ -407,8 +407,10 @@ where
     async fn close(&mut self, reason: Disconnect) {
         self.node.metrics.closed(reason);
         let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: reason.reason().into() };
+        // A peer that missed its heartbeats will not answer: do not wait for it.
+        let linger = if reason == Disconnect::HeartbeatTimeout { Duration::from_secs(1) } else { CLOSE_LINGER };
         let ws = &mut self.ws;
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let _ = tokio::time::timeout(linger, async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }

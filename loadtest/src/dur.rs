@@ -31,7 +31,11 @@ impl FromStr for Dur {
             "us" => 0.000_001,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m, h)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{s}` (use ms, s, m, h)"
+                ));
+            }
         };
         seconds(value * scale).map(Dur)
     }
@@ -60,7 +64,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// A `Duration` from seconds, refusing negative, NaN and absurd values.
 fn seconds(v: f64) -> Result<Duration, String> {
-    if !v.is_finite() || v < 0.0 || v > 1.0e7 {
+    if !v.is_finite() || !(0.0..=1.0e7).contains(&v) {
         return Err(format!("duration of {v} seconds is out of range"));
     }
     Ok(Duration::from_secs_f64(v))
@@ -89,7 +93,10 @@ mod tests {
     #[test]
     fn parses_units_and_bare_seconds() {
         assert_eq!("30s".parse::<Dur>().unwrap().0, Duration::from_secs(30));
-        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
         assert_eq!("1.5".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
         assert!("-1s".parse::<Dur>().is_err());

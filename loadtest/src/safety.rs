@@ -71,36 +71,54 @@ pub struct HttpBase {
 pub fn is_loopback_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
 /// Resolves `host` and `port`, allowing only loopback unless `allow_remote`.
-pub fn resolve(host: &str, port: u16, allow_remote: bool, shown: &str) -> Result<SocketAddr, AddrError> {
+pub fn resolve(
+    host: &str,
+    port: u16,
+    allow_remote: bool,
+    shown: &str,
+) -> Result<SocketAddr, AddrError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.eq_ignore_ascii_case("localhost") {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     if let Ok(ip) = bare.parse::<IpAddr>() {
         if !allow_remote && !is_loopback_ip(ip) {
-            return Err(AddrError::NotLoopback { value: shown.to_owned() });
+            return Err(AddrError::NotLoopback {
+                value: shown.to_owned(),
+            });
         }
         return Ok(SocketAddr::new(ip, port));
     }
     if !allow_remote {
-        return Err(AddrError::NotLoopback { value: shown.to_owned() });
+        return Err(AddrError::NotLoopback {
+            value: shown.to_owned(),
+        });
     }
     (bare, port)
         .to_socket_addrs()
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| AddrError::Unresolved { value: shown.to_owned() })
+        .ok_or_else(|| AddrError::Unresolved {
+            value: shown.to_owned(),
+        })
 }
 
 /// Splits `scheme://authority/rest` into its parts.
 fn split_url(value: &str) -> Result<(String, String, String), AddrError> {
-    let malformed = |reason: &str| AddrError::Malformed { value: value.to_owned(), reason: reason.to_owned() };
-    let (scheme, rest) = value.split_once("://").ok_or_else(|| malformed("expected scheme://host:port/path"))?;
+    let malformed = |reason: &str| AddrError::Malformed {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (scheme, rest) = value
+        .split_once("://")
+        .ok_or_else(|| malformed("expected scheme://host:port/path"))?;
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
@@ -108,14 +126,27 @@ fn split_url(value: &str) -> Result<(String, String, String), AddrError> {
     if authority.is_empty() || authority.contains('@') {
         return Err(malformed("expected a host (and no user info)"));
     }
-    Ok((scheme.to_ascii_lowercase(), authority.to_owned(), path.to_owned()))
+    Ok((
+        scheme.to_ascii_lowercase(),
+        authority.to_owned(),
+        path.to_owned(),
+    ))
 }
 
 /// Splits `host:port` (IPv6 in brackets) with a default port.
-fn split_host_port(authority: &str, default_port: u16, value: &str) -> Result<(String, u16), AddrError> {
-    let malformed = |reason: &str| AddrError::Malformed { value: value.to_owned(), reason: reason.to_owned() };
+fn split_host_port(
+    authority: &str,
+    default_port: u16,
+    value: &str,
+) -> Result<(String, u16), AddrError> {
+    let malformed = |reason: &str| AddrError::Malformed {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
     if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| malformed("unclosed `[` in IPv6 address"))?;
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| malformed("unclosed `[` in IPv6 address"))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| malformed("bad port"))?,
             None if after.is_empty() => default_port,
@@ -124,9 +155,10 @@ fn split_host_port(authority: &str, default_port: u16, value: &str) -> Result<(S
         return Ok((host.to_owned(), port));
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => {
-            Ok((host.to_owned(), port.parse().map_err(|_| malformed("bad port"))?))
-        }
+        Some((host, port)) if !host.contains(':') => Ok((
+            host.to_owned(),
+            port.parse().map_err(|_| malformed("bad port"))?,
+        )),
         Some(_) => Err(malformed("IPv6 addresses need brackets: [::1]:8080")),
         None => Ok((authority.to_owned(), default_port)),
     }
@@ -137,7 +169,11 @@ fn split_host_port(authority: &str, default_port: u16, value: &str) -> Result<(S
 /// `wss://` is refused: the tool carries no TLS stack, and loopback runs do not
 /// need one.
 pub fn parse_target(value: &str, allow_remote: bool) -> Result<Target, AddrError> {
-    let with_scheme = if value.contains("://") { value.to_owned() } else { format!("ws://{value}") };
+    let with_scheme = if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("ws://{value}")
+    };
     let (scheme, authority, mut path) = split_url(&with_scheme)?;
     if scheme != "ws" {
         return Err(AddrError::Malformed {
@@ -150,7 +186,10 @@ pub fn parse_target(value: &str, allow_remote: bool) -> Result<Target, AddrError
     if path.is_empty() || path == "/" {
         path = "/ws".to_owned();
     }
-    Ok(Target { url: format!("ws://{authority}{path}"), addr })
+    Ok(Target {
+        url: format!("ws://{authority}{path}"),
+        addr,
+    })
 }
 
 /// Parses an HTTP base URL such as `http://127.0.0.1:8080`.
@@ -169,7 +208,10 @@ pub fn parse_http_base(value: &str, allow_remote: bool) -> Result<HttpBase, Addr
 
 /// Parses a Redis node address `host:port` (default port 6379).
 pub fn parse_redis_addr(value: &str, allow_remote: bool) -> Result<SocketAddr, AddrError> {
-    let authority = value.strip_prefix("redis://").unwrap_or(value).trim_end_matches('/');
+    let authority = value
+        .strip_prefix("redis://")
+        .unwrap_or(value)
+        .trim_end_matches('/');
     let (host, port) = split_host_port(authority, 6379, value)?;
     resolve(&host, port, allow_remote, value)
 }
@@ -181,7 +223,9 @@ pub fn parse_source_ip(value: &str, allow_remote: bool) -> Result<IpAddr, AddrEr
         reason: "expected an IP address".to_owned(),
     })?;
     if !allow_remote && !is_loopback_ip(ip) {
-        return Err(AddrError::NotLoopback { value: value.to_owned() });
+        return Err(AddrError::NotLoopback {
+            value: value.to_owned(),
+        });
     }
     Ok(ip)
 }
@@ -206,22 +250,56 @@ mod tests {
 
     #[test]
     fn remote_targets_are_refused_without_the_flag() {
-        for bad in ["ws://10.0.0.5:8080/ws", "ws://192.168.1.2:80", "ws://example.com/ws", "ws://[2001:db8::1]:80"] {
-            assert!(matches!(parse_target(bad, false), Err(AddrError::NotLoopback { .. })), "{bad}");
+        for bad in [
+            "ws://10.0.0.5:8080/ws",
+            "ws://192.168.1.2:80",
+            "ws://example.com/ws",
+            "ws://[2001:db8::1]:80",
+        ] {
+            assert!(
+                matches!(parse_target(bad, false), Err(AddrError::NotLoopback { .. })),
+                "{bad}"
+            );
         }
         assert!(parse_target("ws://10.0.0.5:8080/ws", true).is_ok());
-        assert!(matches!(parse_redis_addr("10.1.1.1:7000", false), Err(AddrError::NotLoopback { .. })));
-        assert!(matches!(parse_http_base("http://8.8.8.8", false), Err(AddrError::NotLoopback { .. })));
-        assert!(matches!(parse_source_ip("10.0.0.1", false), Err(AddrError::NotLoopback { .. })));
+        assert!(matches!(
+            parse_redis_addr("10.1.1.1:7000", false),
+            Err(AddrError::NotLoopback { .. })
+        ));
+        assert!(matches!(
+            parse_http_base("http://8.8.8.8", false),
+            Err(AddrError::NotLoopback { .. })
+        ));
+        assert!(matches!(
+            parse_source_ip("10.0.0.1", false),
+            Err(AddrError::NotLoopback { .. })
+        ));
     }
 
     #[test]
     fn malformed_values_are_explained() {
-        assert!(matches!(parse_target("wss://127.0.0.1/ws", false), Err(AddrError::Malformed { .. })));
-        assert!(matches!(parse_target("ws://127.0.0.1:notaport/ws", false), Err(AddrError::Malformed { .. })));
-        assert!(matches!(parse_target("ws://::1:80/ws", false), Err(AddrError::Malformed { .. })));
-        assert!(matches!(parse_http_base("ftp://127.0.0.1", false), Err(AddrError::Malformed { .. })));
+        assert!(matches!(
+            parse_target("wss://127.0.0.1/ws", false),
+            Err(AddrError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_target("ws://127.0.0.1:notaport/ws", false),
+            Err(AddrError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_target("ws://::1:80/ws", false),
+            Err(AddrError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_http_base("ftp://127.0.0.1", false),
+            Err(AddrError::Malformed { .. })
+        ));
         assert_eq!(parse_redis_addr("127.0.0.1", false).unwrap().port(), 6379);
-        assert_eq!(parse_redis_addr("redis://127.0.0.1:7001", false).unwrap().port(), 7001);
+        assert_eq!(
+            parse_redis_addr("redis://127.0.0.1:7001", false)
+                .unwrap()
+                .port(),
+            7001
+        );
     }
 }

@@ -439,7 +439,12 @@ struct Defaults {
 }
 
 fn defaults(s: Scenario) -> Defaults {
-    let d = |rooms, rate, target, slow_share| Defaults { rooms, rate, target, slow_share };
+    let d = |rooms, rate, target, slow_share| Defaults {
+        rooms,
+        rate,
+        target,
+        slow_share,
+    };
     match s {
         Scenario::Connect => d(1, 0.0, PublishTarget::Rooms, 0.0),
         Scenario::Fanout => d(10, 10.0, PublishTarget::Rooms, 0.0),
@@ -451,7 +456,13 @@ fn defaults(s: Scenario) -> Defaults {
 }
 
 /// Checks one numeric bound, recording a problem.
-fn bound<T: PartialOrd + fmt::Display + Copy>(problems: &mut Vec<String>, key: &str, v: T, lo: T, hi: T) {
+fn bound<T: PartialOrd + fmt::Display + Copy>(
+    problems: &mut Vec<String>,
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) {
     if !(v >= lo && v <= hi) {
         problems.push(format!("{key}: {v} is outside {lo}..={hi}"));
     }
@@ -467,7 +478,8 @@ pub fn open_files_limit() -> Option<u64> {
 /// Reads `auth.hs_secret` and the first of `api.keys` from a gateway config file.
 fn gateway_config_keys(path: &Path) -> Result<(Option<String>, Option<String>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let secret = value
         .get("auth")
         .and_then(|a| a.get("hs_secret"))
@@ -506,18 +518,30 @@ impl Plan {
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => {
                 return Err(PlanError {
-                    problems: vec!["scenario: name one (subcommand, or `scenario = \"fanout\"` in the file)".into()],
+                    problems: vec![
+                        "scenario: name one (subcommand, or `scenario = \"fanout\"` in the file)"
+                            .into(),
+                    ],
                 });
             }
         };
         let d = defaults(scenario);
 
         let name = s.name.clone().unwrap_or_else(|| scenario.name().to_owned());
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            problems.push(format!("name: `{name}` must be letters, digits, `-`, `_` or `.`"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "name: `{name}` must be letters, digits, `-`, `_` or `.`"
+            ));
         }
 
-        let raw_targets = s.targets.clone().unwrap_or_else(|| vec!["ws://127.0.0.1:8080/ws".to_owned()]);
+        let raw_targets = s
+            .targets
+            .clone()
+            .unwrap_or_else(|| vec!["ws://127.0.0.1:8080/ws".to_owned()]);
         let mut targets = Vec::new();
         for t in &raw_targets {
             match safety::parse_target(t, allow_remote) {
@@ -537,12 +561,20 @@ impl Plan {
         bound(&mut problems, "users", users, 1, 2_000_000);
         let room_prefix = s.room_prefix.clone().unwrap_or_else(|| "lt-".into());
         let user_prefix = s.user_prefix.clone().unwrap_or_else(|| "lt-user-".into());
-        let name_ok = |p: &str| p.chars().all(|c| c.is_ascii_alphanumeric() || "_-:.@".contains(c)) && p.len() <= 100;
+        let name_ok = |p: &str| {
+            p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-:.@".contains(c))
+                && p.len() <= 100
+        };
         if !name_ok(&room_prefix) {
-            problems.push(format!("room_prefix: `{room_prefix}` has characters a room name cannot hold"));
+            problems.push(format!(
+                "room_prefix: `{room_prefix}` has characters a room name cannot hold"
+            ));
         }
         if !name_ok(&user_prefix) || user_prefix.is_empty() {
-            problems.push(format!("user_prefix: `{user_prefix}` must be 1..100 of A-Z a-z 0-9 _ - : . @"));
+            problems.push(format!(
+                "user_prefix: `{user_prefix}` must be 1..100 of A-Z a-z 0-9 _ - : . @"
+            ));
         }
 
         let connect_rate = s.connect_rate.unwrap_or(1000.0);
@@ -550,9 +582,21 @@ impl Plan {
         let concurrency = s.concurrency.unwrap_or(200);
         bound(&mut problems, "concurrency", concurrency, 1, 100_000);
         let connect_timeout = s.connect_timeout.map_or(Duration::from_secs(10), |d| d.0);
-        bound(&mut problems, "connect_timeout (s)", connect_timeout.as_secs_f64(), 0.01, 300.0);
+        bound(
+            &mut problems,
+            "connect_timeout (s)",
+            connect_timeout.as_secs_f64(),
+            0.01,
+            300.0,
+        );
         let duration = s.duration.map_or(Duration::from_secs(10), |d| d.0);
-        bound(&mut problems, "duration (s)", duration.as_secs_f64(), 0.0, 86_400.0);
+        bound(
+            &mut problems,
+            "duration (s)",
+            duration.as_secs_f64(),
+            0.0,
+            86_400.0,
+        );
         let grace = s.grace.map_or(Duration::from_secs(5), |d| d.0);
         bound(&mut problems, "grace (s)", grace.as_secs_f64(), 0.0, 600.0);
         let ramp_default = if connect_rate > 0.0 {
@@ -561,13 +605,22 @@ impl Plan {
             Duration::from_secs(60 + sockets / 1000)
         };
         let ramp_timeout = s.ramp_timeout.map_or(ramp_default, |d| d.0);
-        bound(&mut problems, "ramp_timeout (s)", ramp_timeout.as_secs_f64(), 0.1, 86_400.0);
+        bound(
+            &mut problems,
+            "ramp_timeout (s)",
+            ramp_timeout.as_secs_f64(),
+            0.1,
+            86_400.0,
+        );
 
         let codec = s.codec.unwrap_or(Codec::Json);
         let token_in = s.token_in.unwrap_or(TokenIn::Header);
 
         // Key material: flag/file > environment > gateway config file.
-        let config_path = s.gateway_config.clone().unwrap_or_else(|| PathBuf::from("gateway.toml"));
+        let config_path = s
+            .gateway_config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("gateway.toml"));
         let (cfg_secret, cfg_key) = if s.gateway_config.is_some() || config_path.exists() {
             match gateway_config_keys(&config_path) {
                 Ok(v) => v,
@@ -584,7 +637,13 @@ impl Plan {
             let rate = s.churn_rate.unwrap_or(100.0);
             bound(&mut problems, "churn_rate", rate, 0.0, 100_000.0);
             let hold = s.churn_hold.map_or(Duration::from_secs(5), |d| d.0);
-            bound(&mut problems, "churn_hold (s)", hold.as_secs_f64(), 0.0, 3600.0);
+            bound(
+                &mut problems,
+                "churn_hold (s)",
+                hold.as_secs_f64(),
+                0.0,
+                3600.0,
+            );
             (rate > 0.0).then_some(ChurnPlan { rate, hold })
         } else {
             None
@@ -598,14 +657,30 @@ impl Plan {
             bound(&mut problems, "rate", *r, 0.0, 1.0e6);
         }
         let stepped = s.rate_steps.as_ref().is_some_and(|v| !v.is_empty());
-        let step_duration = if stepped { s.step_duration.map_or(Duration::from_secs(10), |d| d.0) } else { duration };
+        let step_duration = if stepped {
+            s.step_duration.map_or(Duration::from_secs(10), |d| d.0)
+        } else {
+            duration
+        };
         if stepped {
-            bound(&mut problems, "step_duration (s)", step_duration.as_secs_f64(), 0.1, 86_400.0);
+            bound(
+                &mut problems,
+                "step_duration (s)",
+                step_duration.as_secs_f64(),
+                0.1,
+                86_400.0,
+            );
         }
-        let load_phase = if stepped { step_duration * steps.len() as u32 } else { duration };
+        let load_phase = if stepped {
+            step_duration * steps.len() as u32
+        } else {
+            duration
+        };
         let events_bound: f64 = steps.iter().map(|r| r * step_duration.as_secs_f64()).sum();
         if events_bound > 1.0e9 {
-            problems.push(format!("rate x duration: {events_bound:.0} events is more than 1e9"));
+            problems.push(format!(
+                "rate x duration: {events_bound:.0} events is more than 1e9"
+            ));
         }
 
         let publishing = steps.iter().any(|r| *r > 0.0);
@@ -614,7 +689,11 @@ impl Plan {
             if target == PublishTarget::Rooms && rooms == 0 {
                 problems.push("rooms: publishing to rooms needs rooms >= 1".into());
             }
-            let via = s.publish_via.unwrap_or(if s.redis.is_some() { PublishVia::Redis } else { PublishVia::Http });
+            let via = s.publish_via.unwrap_or(if s.redis.is_some() {
+                PublishVia::Redis
+            } else {
+                PublishVia::Http
+            });
             let payload_bytes = s.payload_bytes.unwrap_or(0);
             bound(&mut problems, "payload_bytes", payload_bytes, 0, 1 << 20);
             let publishers = s.publishers.unwrap_or(match via {
@@ -627,7 +706,10 @@ impl Plan {
             let mut redis = Vec::new();
             match via {
                 PublishVia::Http => {
-                    let url = s.publish_url.clone().or_else(|| targets.first().map(|t| format!("http://{}", t.addr)));
+                    let url = s
+                        .publish_url
+                        .clone()
+                        .or_else(|| targets.first().map(|t| format!("http://{}", t.addr)));
                     if let Some(url) = url {
                         match safety::parse_http_base(&url, allow_remote) {
                             Ok(b) => http = Some(b),
@@ -638,7 +720,10 @@ impl Plan {
                         .api_key
                         .clone()
                         .or_else(|| env("LOADTEST_API_KEY"))
-                        .or_else(|| env("GATEWAY_API_KEYS").and_then(|k| k.split(',').next().map(str::to_owned)))
+                        .or_else(|| {
+                            env("GATEWAY_API_KEYS")
+                                .and_then(|k| k.split(',').next().map(str::to_owned))
+                        })
                         .or(cfg_key);
                     match key {
                         Some(k) if !k.is_empty() => api_key = k,
@@ -657,7 +742,8 @@ impl Plan {
                         }
                     }
                     if s.redis.as_ref().is_none_or(|r| r.is_empty()) {
-                        problems.push("redis: publishing through Redis needs --redis host:port".into());
+                        problems
+                            .push("redis: publishing through Redis needs --redis host:port".into());
                     }
                 }
             }
@@ -682,15 +768,23 @@ impl Plan {
         bound(&mut problems, "slow_share", slow_share, 0.0, 0.9);
 
         // Sockets a run may hold at once: the base plus the churning ones.
-        let peak = sockets + churn.as_ref().map_or(0, |c| (c.rate * c.hold.as_secs_f64() * 1.2).ceil() as u64 + 10);
-        let fd_cap = open_files_limit().map_or(DEFAULT_SOCKETS_PER_WORKER, |l| l.saturating_sub(200).max(1));
-        let per_worker_max = s.sockets_per_worker.unwrap_or(DEFAULT_SOCKETS_PER_WORKER.min(fd_cap));
+        let peak = sockets
+            + churn.as_ref().map_or(0, |c| {
+                (c.rate * c.hold.as_secs_f64() * 1.2).ceil() as u64 + 10
+            });
+        let fd_cap =
+            open_files_limit().map_or(DEFAULT_SOCKETS_PER_WORKER, |l| l.saturating_sub(200).max(1));
+        let per_worker_max = s
+            .sockets_per_worker
+            .unwrap_or(DEFAULT_SOCKETS_PER_WORKER.min(fd_cap));
         if per_worker_max == 0 || per_worker_max > fd_cap {
             problems.push(format!(
                 "sockets_per_worker: {per_worker_max} does not fit this process's open-files limit (at most {fd_cap})"
             ));
         }
-        let workers = s.workers.unwrap_or_else(|| peak.div_ceil(per_worker_max.max(1)).max(1));
+        let workers = s
+            .workers
+            .unwrap_or_else(|| peak.div_ceil(per_worker_max.max(1)).max(1));
         bound(&mut problems, "workers", workers, 1, 256);
         if workers > 0 && peak.div_ceil(workers) > per_worker_max.min(fd_cap) {
             problems.push(format!(
@@ -718,8 +812,13 @@ impl Plan {
         };
         if !source_ips.is_empty() {
             let families: BTreeSet<bool> = source_ips.iter().map(IpAddr::is_ipv4).collect();
-            if targets.iter().any(|t| !families.contains(&t.addr.is_ipv4())) {
-                problems.push("source_ips: every target needs a source address of its IP family".into());
+            if targets
+                .iter()
+                .any(|t| !families.contains(&t.addr.is_ipv4()))
+            {
+                problems.push(
+                    "source_ips: every target needs a source address of its IP family".into(),
+                );
             }
             if peak.div_ceil(source_ips.len() as u64) > 28_000 {
                 problems.push(format!(
@@ -745,9 +844,15 @@ impl Plan {
             } else if let Some(sec) = env("LOADTEST_SECRET") {
                 (Some(sec), "HS256 secret from $LOADTEST_SECRET".to_owned())
             } else if let Some(sec) = env("GATEWAY_AUTH_HS_SECRET") {
-                (Some(sec), "HS256 secret from $GATEWAY_AUTH_HS_SECRET".to_owned())
+                (
+                    Some(sec),
+                    "HS256 secret from $GATEWAY_AUTH_HS_SECRET".to_owned(),
+                )
             } else {
-                (cfg_secret, format!("HS256 secret from {} auth.hs_secret", config_path.display()))
+                (
+                    cfg_secret,
+                    format!("HS256 secret from {} auth.hs_secret", config_path.display()),
+                )
             };
             if secret.as_deref().is_none_or(str::is_empty) {
                 problems.push(
@@ -756,11 +861,18 @@ impl Plan {
                         .into(),
                 );
             }
-            AuthPlan { source, secret, tokens_file: None, token_ttl: Duration::ZERO }
+            AuthPlan {
+                source,
+                secret,
+                tokens_file: None,
+                token_ttl: Duration::ZERO,
+            }
         };
 
         let max_runtime = ramp_timeout + load_phase + grace + Duration::from_secs(60);
-        let token_ttl = s.token_ttl.map_or(max_runtime + Duration::from_secs(600), |d| d.0);
+        let token_ttl = s
+            .token_ttl
+            .map_or(max_runtime + Duration::from_secs(600), |d| d.0);
         let auth = AuthPlan { token_ttl, ..auth };
 
         let out_dir = s.out.clone().unwrap_or_else(|| {
@@ -824,13 +936,19 @@ impl Plan {
     /// The channels the publisher sends to, in wire form (`room:lt-0`).
     /// `subs` lists the users when tokens come from a file.
     pub fn publish_channels(&self, subs: Option<&[String]>) -> Vec<String> {
-        let Some(p) = &self.publish else { return Vec::new() };
+        let Some(p) = &self.publish else {
+            return Vec::new();
+        };
         match p.target {
-            PublishTarget::Rooms => (0..self.rooms).map(|i| format!("room:{}{i}", self.room_prefix)).collect(),
+            PublishTarget::Rooms => (0..self.rooms)
+                .map(|i| format!("room:{}{i}", self.room_prefix))
+                .collect(),
             PublishTarget::Broadcast => vec!["broadcast".to_owned()],
             PublishTarget::Users => match subs {
                 Some(subs) => subs.iter().map(|s| format!("user:{s}")).collect(),
-                None => (0..self.users).map(|i| format!("user:{}{i}", self.user_prefix)).collect(),
+                None => (0..self.users)
+                    .map(|i| format!("user:{}{i}", self.user_prefix))
+                    .collect(),
             },
         }
     }
@@ -841,10 +959,14 @@ impl Plan {
 /// before connect gives up the kernel's per-destination port reuse, so it is
 /// done only when it buys more ports).
 fn auto_source_ips(targets: &[Target], peak: u64) -> Vec<IpAddr> {
-    let v4_loopback = targets.iter().all(|t| t.addr.is_ipv4() && t.addr.ip().is_loopback());
+    let v4_loopback = targets
+        .iter()
+        .all(|t| t.addr.is_ipv4() && t.addr.ip().is_loopback());
     if peak <= SOCKETS_PER_SOURCE_IP || !v4_loopback || targets.is_empty() {
         return Vec::new();
     }
     let n = peak.div_ceil(SOCKETS_PER_SOURCE_IP).min(250) as u8;
-    (1..=n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()
+    (1..=n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
 }

@@ -32,7 +32,11 @@ pub struct HistWire(pub Vec<(u64, u64)>);
 impl HistWire {
     /// The buckets of `h`.
     pub fn from_hist(h: &Histogram<u64>) -> HistWire {
-        HistWire(h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect())
+        HistWire(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        )
     }
 
     /// Adds these buckets into `h`.
@@ -253,7 +257,11 @@ impl Aggregate {
     /// Connects completed per second over the ramp.
     pub fn connect_rate(&self) -> f64 {
         let span = self.ramp_last_us.saturating_sub(self.ramp_first_us) as f64 / 1e6;
-        if span <= 0.0 { 0.0 } else { self.connected.saturating_sub(self.churn_opened) as f64 / span }
+        if span <= 0.0 {
+            0.0
+        } else {
+            self.connected.saturating_sub(self.churn_opened) as f64 / span
+        }
     }
 
     /// Total connect errors.

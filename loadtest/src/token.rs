@@ -46,7 +46,9 @@ impl std::fmt::Display for TokenError {
         match self {
             TokenError::Sign(e) => write!(f, "signing a token failed: {e}"),
             TokenError::Read(e) => write!(f, "reading the tokens file failed: {e}"),
-            TokenError::BadLine { line } => write!(f, "tokens file line {line} is not a JWT with a `sub` claim"),
+            TokenError::BadLine { line } => {
+                write!(f, "tokens file line {line} is not a JWT with a `sub` claim")
+            }
             TokenError::Empty => write!(f, "the tokens file holds no tokens"),
         }
     }
@@ -68,7 +70,12 @@ impl Minter {
     /// A token for user `sub`, valid from now for the minter's lifetime.
     pub fn mint(&self, sub: &str) -> Result<String, TokenError> {
         let iat = crate::now_micros() / 1_000_000;
-        let claims = Claims { sub, iat, exp: iat + self.ttl_secs, rooms: &self.rooms };
+        let claims = Claims {
+            sub,
+            iat,
+            exp: iat + self.ttl_secs,
+            rooms: &self.rooms,
+        };
         jsonwebtoken::encode(&self.header, &claims, &self.key).map_err(TokenError::Sign)
     }
 }
@@ -102,7 +109,10 @@ pub fn parse_tokens(text: &str) -> Result<Vec<TokenEntry>, TokenError> {
         }
         let claims: Sub = jsonwebtoken::dangerous::insecure_decode_claims(line)
             .map_err(|_| TokenError::BadLine { line: i + 1 })?;
-        out.push(TokenEntry { token: line.to_owned(), sub: claims.sub });
+        out.push(TokenEntry {
+            token: line.to_owned(),
+            sub: claims.sub,
+        });
     }
     if out.is_empty() {
         return Err(TokenError::Empty);
@@ -127,22 +137,46 @@ mod tests {
     fn minted_tokens_verify_with_the_same_secret_only() {
         let m = Minter::new("dev-secret", 60, vec!["lt-*".into()]);
         let t = m.mint("alice").unwrap();
-        let back = decode::<Back>(&t, &DecodingKey::from_secret(b"dev-secret"), &Validation::new(Algorithm::HS256))
-            .unwrap()
-            .claims;
+        let back = decode::<Back>(
+            &t,
+            &DecodingKey::from_secret(b"dev-secret"),
+            &Validation::new(Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
         assert_eq!(back.sub, "alice");
         assert_eq!(back.exp - back.iat, 60);
         assert_eq!(back.rooms, vec!["lt-*".to_owned()]);
-        assert!(decode::<Back>(&t, &DecodingKey::from_secret(b"other"), &Validation::new(Algorithm::HS256)).is_err());
+        assert!(
+            decode::<Back>(
+                &t,
+                &DecodingKey::from_secret(b"other"),
+                &Validation::new(Algorithm::HS256)
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn token_files_yield_subs_and_reject_junk() {
         let m = Minter::new("s", 60, vec![]);
-        let text = format!("# tokens\n{}\n\n{}\n", m.mint("u1").unwrap(), m.mint("u2").unwrap());
+        let text = format!(
+            "# tokens\n{}\n\n{}\n",
+            m.mint("u1").unwrap(),
+            m.mint("u2").unwrap()
+        );
         let got = parse_tokens(&text).unwrap();
-        assert_eq!(got.iter().map(|t| t.sub.as_str()).collect::<Vec<_>>(), ["u1", "u2"]);
-        assert!(matches!(parse_tokens("not-a-jwt\n"), Err(TokenError::BadLine { line: 1 })));
-        assert!(matches!(parse_tokens("# only a comment\n"), Err(TokenError::Empty)));
+        assert_eq!(
+            got.iter().map(|t| t.sub.as_str()).collect::<Vec<_>>(),
+            ["u1", "u2"]
+        );
+        assert!(matches!(
+            parse_tokens("not-a-jwt\n"),
+            Err(TokenError::BadLine { line: 1 })
+        ));
+        assert!(matches!(
+            parse_tokens("# only a comment\n"),
+            Err(TokenError::Empty)
+        ));
     }
 }

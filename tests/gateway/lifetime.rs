@@ -47,13 +47,23 @@ async fn a_silent_peer_is_closed_and_removed() {
     // Connected, then never reads: the server's pings go unanswered.
     let _silent = gw.connect(&token("quiet", &[])).await;
     let mut active = gw.connect(&token("chatty", &[])).await;
-    let started = tokio::time::Instant::now();
-    // The active peer answers pings (the client library does so while reading).
-    while started.elapsed() < Duration::from_secs(4) {
-        active.send(json!({"type": "ping"})).await;
-        assert_eq!(active.recv().await["type"], "pong");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // The active peer keeps talking (and its client library answers pings
+    // while it reads) until the silent one is gone.
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let chatter = tokio::spawn(async move {
+        loop {
+            active.send(json!({"type": "ping"})).await;
+            assert_eq!(active.recv().await["type"], "pong");
+            tokio::select! {
+                _ = &mut stop => return active,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    });
     gw.eventually("silent socket removed", |n| n.hub.sizes().conns == 1).await;
+    stop_tx.send(()).unwrap();
+    let mut active = chatter.await.unwrap();
+    active.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(active.recv().await, json!({"type": "pong", "id": 1}), "the live peer is untouched");
     assert_eq!(gw.metric("gateway_closes_total{code=\"1001\"}").await, 1.0);
 }

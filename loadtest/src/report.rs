@@ -1,0 +1,468 @@
+//! The run's report: one [`Report`] built from the aggregated worker results,
+//! the publisher's outcome and the per-second series, written as
+//! `result.json`, `summary.md` and SVG charts (`latency.svg`, `sockets.svg`,
+//! `throughput.svg`) into the output directory.
+//!
+//! The JSON is the contract for scripts (the benchmark reads it); the
+//! Markdown and charts are for people. Secrets never reach any of them.
+
+mod markdown;
+pub mod svg;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::publish::PublishOutcome;
+use crate::scenario::{Plan, Scenario};
+use crate::stats::{self, Percentiles, SlowStats, WorkerResult};
+
+/// One second of the run, as seen by the coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the run began.
+    pub t_s: f64,
+    /// `ramp`, `load`, `grace` or `stop`.
+    pub phase: String,
+    /// Sockets open.
+    pub open: u64,
+    /// Sockets connected so far.
+    pub connected: u64,
+    /// Connect errors so far.
+    pub connect_errors: u64,
+    /// Disconnects so far.
+    pub disconnects: u64,
+    /// Events received in this second.
+    pub events: u64,
+    /// Latency p50 of this second's events.
+    pub p50_us: u64,
+    /// p90.
+    pub p90_us: u64,
+    /// p99.
+    pub p99_us: u64,
+    /// p99.9.
+    pub p999_us: u64,
+    /// Max.
+    pub max_us: u64,
+    /// Resident memory of all workers, KiB.
+    pub worker_rss_kb: u64,
+}
+
+/// The machine the run happened on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cores: usize,
+    /// Total memory, KiB.
+    pub memory_kib: u64,
+    /// Kernel release.
+    pub kernel: String,
+    /// Soft open-files limit.
+    pub open_files_limit: Option<u64>,
+}
+
+impl Machine {
+    /// Reads this machine's facts.
+    pub fn current() -> Machine {
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0);
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_kib,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            open_files_limit: crate::scenario::open_files_limit(),
+        }
+    }
+}
+
+/// How the run went overall.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Stopped by Ctrl-C / SIGTERM / a failing worker.
+    pub interrupted: bool,
+    /// The ramp hit its timeout.
+    pub ramp_timed_out: bool,
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// Ramp (spawn to all-ready), seconds.
+    pub ramp_s: f64,
+    /// Load phase, seconds.
+    pub load_s: f64,
+    /// Grace phase, seconds.
+    pub grace_s: f64,
+    /// Remarks about the run itself.
+    pub notes: Vec<String>,
+    /// What went wrong under load (errors, loss, ...); empty = clean run.
+    pub problems: Vec<String>,
+}
+
+/// Socket numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SocketsReport {
+    /// Base sockets planned.
+    pub planned: u64,
+    /// Sockets connected (base + churn).
+    pub connected: u64,
+    /// Connects that failed.
+    pub failed: u64,
+    /// Base sockets connected per second over the ramp.
+    pub connect_rate_per_s: f64,
+    /// Sum of per-worker peaks of open sockets.
+    pub peak_open: u64,
+    /// TCP connect start to `welcome`.
+    pub connect_latency: Percentiles,
+    /// `subscribe` to `ok`.
+    pub subscribe_latency: Percentiles,
+    /// Connect errors by kind.
+    pub connect_errors: BTreeMap<String, u64>,
+    /// Server-side or network disconnects during the run, by kind.
+    pub disconnects: BTreeMap<String, u64>,
+}
+
+/// Event numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventsReport {
+    /// Events the publisher got accepted.
+    pub published: u64,
+    /// Events whose publish failed.
+    pub publish_failed: u64,
+    /// Publish failures by kind.
+    pub publish_errors: BTreeMap<String, u64>,
+    /// Ticks skipped because the publisher could not keep up.
+    pub publish_behind: u64,
+    /// Accepted events per second of publishing.
+    pub publish_rate: f64,
+    /// Event frames received by measured sockets.
+    pub delivered: u64,
+    /// Distinct events received per second of the load phase.
+    pub delivered_per_s: f64,
+    /// Distinct (socket, channel, sequence) received.
+    pub unique: u64,
+    /// Repeats.
+    pub duplicates: u64,
+    /// Late arrivals.
+    pub out_of_order: u64,
+    /// Owed but never received.
+    pub lost: u64,
+    /// Events not from this run's publisher.
+    pub foreign: u64,
+    /// Sockets with any loss.
+    pub sockets_with_loss: u64,
+}
+
+/// One rate step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Target rate, events/s.
+    pub rate: f64,
+    /// Seconds the step ran.
+    pub seconds: f64,
+    /// Events published in the step.
+    pub published: u64,
+    /// Deliveries measured for the step's events.
+    pub delivered: u64,
+    /// Deliveries per second.
+    pub delivered_per_s: f64,
+    /// Latency of the step's events.
+    pub latency: Percentiles,
+}
+
+/// Churn numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChurnReport {
+    /// Target connects per second.
+    pub target_rate: f64,
+    /// Churning sockets opened.
+    pub opened: u64,
+    /// Churning sockets closed after their hold.
+    pub closed: u64,
+    /// Opened per second of the load phase.
+    pub achieved_rate: f64,
+}
+
+/// The load generator's own footprint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientReport {
+    /// Worker processes.
+    pub workers: u64,
+    /// Threads per worker.
+    pub worker_threads: u64,
+    /// Sum of worker peak resident memory, KiB.
+    pub peak_rss_kib: u64,
+    /// That divided by the peak of open sockets, bytes.
+    pub rss_per_socket_bytes: u64,
+}
+
+/// Per-worker summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerBrief {
+    /// Index.
+    pub worker: u64,
+    /// Base sockets.
+    pub planned: u64,
+    /// Connected.
+    pub connected: u64,
+    /// Peak open.
+    pub peak_open: u64,
+    /// Peak RSS, KiB.
+    pub peak_rss_kib: u64,
+    /// Why it stopped.
+    pub stopped_by: String,
+}
+
+/// Everything a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Tool name and version.
+    pub tool: String,
+    /// Run name.
+    pub name: String,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Command line (secrets redacted).
+    pub command: String,
+    /// Start time, unix seconds.
+    pub started_unix: u64,
+    /// Machine facts.
+    pub machine: Machine,
+    /// The plan (without secrets).
+    pub plan: Plan,
+    /// Phases, notes, problems.
+    pub outcome: Outcome,
+    /// Sockets.
+    pub sockets: SocketsReport,
+    /// Events.
+    pub events: EventsReport,
+    /// End-to-end latency of all measured events.
+    pub latency: Percentiles,
+    /// Per rate step (one entry for a constant rate).
+    pub steps: Vec<StepReport>,
+    /// Churn, when the run churned.
+    pub churn: Option<ChurnReport>,
+    /// Slow sockets, when there were any.
+    pub slow: Option<SlowStats>,
+    /// The tool's own footprint.
+    pub client: ClientReport,
+    /// Per-second series.
+    pub series: Vec<Sample>,
+    /// Per worker.
+    pub workers: Vec<WorkerBrief>,
+}
+
+/// What [`build`] needs.
+pub struct Inputs<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// Command line.
+    pub command: String,
+    /// Start, unix seconds.
+    pub started_unix: u64,
+    /// Wall seconds.
+    pub wall_s: f64,
+    /// Ramp seconds.
+    pub ramp_s: f64,
+    /// Load seconds.
+    pub load_s: f64,
+    /// Grace seconds.
+    pub grace_s: f64,
+    /// Interrupted.
+    pub interrupted: bool,
+    /// Ramp timed out.
+    pub ramp_timed_out: bool,
+    /// Notes so far.
+    pub notes: Vec<String>,
+    /// Worker results.
+    pub results: &'a [WorkerResult],
+    /// Publisher outcome.
+    pub publish: Option<&'a PublishOutcome>,
+    /// Series.
+    pub series: Vec<Sample>,
+}
+
+fn per_s(n: u64, s: f64) -> f64 {
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+/// Builds the report from a run's pieces.
+pub fn build(i: Inputs<'_>) -> Report {
+    let agg = stats::aggregate(i.results);
+    let plan = i.plan;
+    let failed = agg.connect_error_total();
+    let load_s = if i.load_s > 0.0 {
+        i.load_s
+    } else {
+        plan.duration.as_secs_f64()
+    };
+
+    let events = EventsReport {
+        published: i.publish.map_or(0, |p| p.sent),
+        publish_failed: i.publish.map_or(0, |p| p.failed),
+        publish_errors: i.publish.map(|p| p.errors.clone()).unwrap_or_default(),
+        publish_behind: i.publish.map_or(0, |p| p.behind),
+        publish_rate: i.publish.map_or(0.0, |p| per_s(p.sent, p.seconds)),
+        delivered: agg.delivery.delivered,
+        delivered_per_s: per_s(agg.delivery.unique, i.publish.map_or(load_s, |p| p.seconds)),
+        unique: agg.delivery.unique,
+        duplicates: agg.delivery.duplicates,
+        out_of_order: agg.delivery.out_of_order,
+        lost: agg.delivery.lost,
+        foreign: agg.delivery.foreign,
+        sockets_with_loss: agg.delivery.sockets_with_loss,
+    };
+
+    let steps: Vec<StepReport> = match i.publish {
+        Some(p) => p
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let lat = agg
+                    .step_latency
+                    .get(k)
+                    .map(Percentiles::of)
+                    .unwrap_or_default();
+                StepReport {
+                    rate: s.rate,
+                    seconds: s.seconds,
+                    published: s.due,
+                    delivered: lat.count,
+                    delivered_per_s: per_s(lat.count, s.seconds),
+                    latency: lat,
+                }
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let churn = plan.churn.as_ref().map(|c| ChurnReport {
+        target_rate: c.rate,
+        opened: agg.churn_opened,
+        closed: agg.churn_closed,
+        // Churn runs from go until the workers stop, grace included.
+        achieved_rate: per_s(agg.churn_opened, load_s + i.grace_s),
+    });
+    let slow = (plan.slow_share > 0.0).then(|| agg.slow.clone());
+
+    let mut problems = Vec::new();
+    if failed > 0 {
+        problems.push(format!("{failed} connects failed"));
+    }
+    let disconnects: u64 = agg.disconnects.values().sum();
+    if disconnects > 0 {
+        problems.push(format!(
+            "{disconnects} sockets were disconnected during the run"
+        ));
+    }
+    if events.lost > 0 {
+        problems.push(format!(
+            "{} events lost (on {} sockets)",
+            events.lost, events.sockets_with_loss
+        ));
+    }
+    if events.duplicates > 0 {
+        problems.push(format!("{} duplicate events", events.duplicates));
+    }
+    if events.out_of_order > 0 {
+        problems.push(format!("{} out-of-order events", events.out_of_order));
+    }
+    if events.publish_failed > 0 {
+        problems.push(format!("{} publishes failed", events.publish_failed));
+    }
+    if events.publish_behind > 0 {
+        problems.push(format!(
+            "publisher fell behind the target rate by {} events",
+            events.publish_behind
+        ));
+    }
+    if i.ramp_timed_out {
+        problems.push("ramp timed out".into());
+    }
+    if i.results.len() < plan.workers as usize {
+        problems.push(format!(
+            "{} of {} workers reported",
+            i.results.len(),
+            plan.workers
+        ));
+    }
+
+    let peak_open = agg.peak_open.max(1);
+    Report {
+        tool: format!("gateway-loadtest {}", env!("CARGO_PKG_VERSION")),
+        name: plan.name.clone(),
+        scenario: plan.scenario,
+        command: i.command,
+        started_unix: i.started_unix,
+        machine: Machine::current(),
+        plan: plan.clone(),
+        outcome: Outcome {
+            interrupted: i.interrupted,
+            ramp_timed_out: i.ramp_timed_out,
+            wall_s: i.wall_s,
+            ramp_s: i.ramp_s,
+            load_s: i.load_s,
+            grace_s: i.grace_s,
+            notes: i.notes,
+            problems,
+        },
+        sockets: SocketsReport {
+            planned: agg.planned,
+            connected: agg.connected,
+            failed,
+            connect_rate_per_s: agg.connect_rate(),
+            peak_open: agg.peak_open,
+            connect_latency: Percentiles::of(&agg.connect_latency),
+            subscribe_latency: Percentiles::of(&agg.subscribe_latency),
+            connect_errors: agg.connect_errors.clone(),
+            disconnects: agg.disconnects.clone(),
+        },
+        events,
+        latency: Percentiles::of(&agg.latency),
+        steps,
+        churn,
+        slow,
+        client: ClientReport {
+            workers: plan.workers,
+            worker_threads: plan.worker_threads,
+            peak_rss_kib: agg.peak_rss_kb,
+            rss_per_socket_bytes: agg.peak_rss_kb * 1024 / peak_open,
+        },
+        series: i.series,
+        workers: i
+            .results
+            .iter()
+            .map(|r| WorkerBrief {
+                worker: r.worker,
+                planned: r.planned,
+                connected: r.connected,
+                peak_open: r.peak_open,
+                peak_rss_kib: r.peak_rss_kb,
+                stopped_by: r.stopped_by.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Writes `result.json`, `summary.md` and the charts into `dir`.
+pub fn write_all(report: &Report, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("result.json"), json)?;
+    std::fs::write(dir.join("summary.md"), markdown::render(report))?;
+    std::fs::write(dir.join("latency.svg"), svg::latency_chart(&report.series))?;
+    std::fs::write(dir.join("sockets.svg"), svg::sockets_chart(&report.series))?;
+    std::fs::write(
+        dir.join("throughput.svg"),
+        svg::throughput_chart(&report.series),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The human summary (`summary.md`): what was run, on what, and the numbers
+//! an SRE looks at first, with the charts linked.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::coordinator::human_us;
+use crate::stats::Percentiles;
+
+fn counts(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("`{k}` {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn lat_row(name: &str, p: &Percentiles) -> String {
+    if p.count == 0 {
+        return format!("| {name} | 0 | - | - | - | - | - |\n");
+    }
+    format!(
+        "| {name} | {} | {} | {} | {} | {} | {} |\n",
+        p.count,
+        human_us(p.p50_us),
+        human_us(p.p90_us),
+        human_us(p.p99_us),
+        human_us(p.p999_us),
+        human_us(p.max_us)
+    )
+}
+
+/// Renders the summary.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let p = &r.plan;
+    let _ = writeln!(s, "# Load test `{}` ({})\n", r.name, p.scenario.name());
+    let verdict = if r.outcome.problems.is_empty() {
+        "clean run"
+    } else {
+        "problems found"
+    };
+    let _ = writeln!(
+        s,
+        "**Verdict: {verdict}**{}\n",
+        if r.outcome.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    for problem in &r.outcome.problems {
+        let _ = writeln!(s, "- {problem}");
+    }
+    if !r.outcome.problems.is_empty() {
+        s.push('\n');
+    }
+
+    let _ = writeln!(s, "## Run\n");
+    let _ = writeln!(s, "- command: `{}`", r.command);
+    let _ = writeln!(
+        s,
+        "- machine: {} cores, {:.1} GiB memory, kernel {}, open-files limit {}",
+        r.machine.cores,
+        r.machine.memory_kib as f64 / 1048576.0,
+        r.machine.kernel,
+        r.machine
+            .open_files_limit
+            .map_or("?".into(), |l| l.to_string())
+    );
+    let _ = writeln!(s, "- tool: {}, started at unix {}", r.tool, r.started_unix);
+    let targets: Vec<&str> = p.targets.iter().map(|t| t.url.as_str()).collect();
+    let _ = writeln!(s, "- targets: {}", targets.join(", "));
+    let _ = writeln!(
+        s,
+        "- sockets: {} over {} rooms, {} users, codec {:?}, token in {:?}; {} workers x {} threads; source addresses: {}",
+        p.sockets,
+        p.rooms,
+        p.users,
+        p.codec,
+        p.token_in,
+        p.workers,
+        p.worker_threads,
+        if p.source_ips.is_empty() {
+            "OS default".to_owned()
+        } else {
+            p.source_ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    if let Some(pp) = &p.publish {
+        let _ = writeln!(
+            s,
+            "- publisher: {:?} to {:?}, rate(s) {:?} events/s, {:.1}s per step, {} B padding, {} lane(s)",
+            pp.via,
+            pp.target,
+            pp.steps,
+            pp.step_duration.as_secs_f64(),
+            pp.payload_bytes,
+            pp.publishers
+        );
+    }
+    let _ = writeln!(
+        s,
+        "- phases: ramp {:.1}s, load {:.1}s, grace {:.1}s, wall {:.1}s",
+        r.outcome.ramp_s, r.outcome.load_s, r.outcome.grace_s, r.outcome.wall_s
+    );
+    for n in &r.outcome.notes {
+        let _ = writeln!(s, "- note: {n}");
+    }
+
+    let _ = writeln!(s, "\n## Sockets\n");
+    let so = &r.sockets;
+    let _ = writeln!(
+        s,
+        "| planned | connected | failed | connects/s (ramp) | peak open |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {:.0} | {} |\n",
+        so.planned, so.connected, so.failed, so.connect_rate_per_s, so.peak_open
+    );
+    let _ = writeln!(s, "- connect errors: {}", counts(&so.connect_errors));
+    let _ = writeln!(
+        s,
+        "- disconnects during the run: {}\n",
+        counts(&so.disconnects)
+    );
+
+    let _ = writeln!(s, "## Latency\n");
+    s.push_str(
+        "| what | count | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    s.push_str(&lat_row("connect (TCP to welcome)", &so.connect_latency));
+    s.push_str(&lat_row("subscribe (to ok)", &so.subscribe_latency));
+    s.push_str(&lat_row("event end-to-end", &r.latency));
+    s.push('\n');
+
+    let e = &r.events;
+    let _ = writeln!(s, "## Events\n");
+    let _ = writeln!(
+        s,
+        "| published | publish/s | delivered | delivered/s | lost | duplicated | out of order |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| {} | {:.1} | {} | {:.0} | {} | {} | {} |\n",
+        e.published,
+        e.publish_rate,
+        e.unique,
+        e.delivered_per_s,
+        e.lost,
+        e.duplicates,
+        e.out_of_order
+    );
+    let _ = writeln!(
+        s,
+        "- publish failures: {}; publisher behind: {}; foreign events: {}; sockets with loss: {}\n",
+        counts(&e.publish_errors),
+        e.publish_behind,
+        e.foreign,
+        e.sockets_with_loss
+    );
+
+    if r.steps.len() > 1 {
+        let _ = writeln!(s, "## Rate steps\n");
+        s.push_str("| rate (ev/s) | seconds | published | delivered/s | p50 | p99 | max |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+        for st in &r.steps {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {} | {:.0} | {} | {} | {} |",
+                st.rate,
+                st.seconds,
+                st.published,
+                st.delivered_per_s,
+                human_us(st.latency.p50_us),
+                human_us(st.latency.p99_us),
+                human_us(st.latency.max_us)
+            );
+        }
+        s.push('\n');
+    }
+    if let Some(c) = &r.churn {
+        let _ = writeln!(
+            s,
+            "## Churn\n\n- target {} connects/s; opened {} ({:.0}/s), closed after hold {}\n",
+            c.target_rate, c.opened, c.achieved_rate, c.closed
+        );
+    }
+    if let Some(sl) = &r.slow {
+        let _ = writeln!(
+            s,
+            "## Slow sockets\n\n- {} sockets stopped reading; they had {} events buffered at the end; endings: {}\n",
+            sl.sockets,
+            sl.events_read,
+            counts(&sl.endings)
+        );
+    }
+    let c = &r.client;
+    let _ = writeln!(
+        s,
+        "## Load generator\n\n- {} workers, peak RSS {:.1} MiB in total ({} B per socket)\n",
+        c.workers,
+        c.peak_rss_kib as f64 / 1024.0,
+        c.rss_per_socket_bytes
+    );
+    let _ = writeln!(
+        s,
+        "## Charts\n\n![latency](latency.svg)\n\n![sockets](sockets.svg)\n\n![throughput](throughput.svg)"
+    );
+    s
+}

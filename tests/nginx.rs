@@ -1,0 +1,541 @@
+//! A real nginx, configured from `deploy/nginx/templates/gateway.conf.template`
+//! (the production file, only its `${NGINX_*}` placeholders filled in), in
+//! front of two real gateway processes: `wss://` through nginx's TLS
+//! termination, least-connections spreading, and a drained node whose
+//! sockets get 1012 and reconnect through nginx to the other node.
+//!
+//! Skips (passing, with a message) only when no `nginx` binary exists and `CI`
+//! is unset: CI runs `.ci/deploy-checks` first, which installs nginx.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "nginx-test-secret-0123456789abcdef0123456789";
+/// Drain window of the nodes: short, but long enough to show the spread.
+const DRAIN_SECONDS: u64 = 2;
+/// Bound on any single awaited event; a test failure, never a synchronisation.
+const DEADLINE: Duration = Duration::from_secs(20);
+const TEMPLATE: &str = "deploy/nginx/templates/gateway.conf.template";
+const UPSTREAMS_EXAMPLE: &str = "deploy/nginx/upstreams.example.conf";
+
+type Wss = WebSocketStream<TlsStream<TcpStream>>;
+
+/// A unique scratch directory (nginx prefix, certificates, logs), removed on
+/// drop unless the test failed, so its logs can be read.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "gateway-nginx-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process stopped on drop: SIGTERM first (nginx's master must stop
+/// its workers itself, a SIGKILL would orphan them), SIGKILL if it lingers.
+struct Proc {
+    child: Child,
+    name: &'static str,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The nginx binary on PATH or in the sbin directories (Debian installs it in
+/// /usr/sbin, which a non-root PATH may lack).
+fn nginx_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(File::create(dir.join(name)).unwrap())
+}
+
+/// One gateway node on the embedded broker, with its own node id.
+fn start_node(dir: &Path, node_id: &str, port: u16) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("GATEWAY_") {
+            cmd.env_remove(name);
+        }
+    }
+    let child = cmd
+        .arg("serve")
+        // Away from the repository's gateway.toml: only what is set here counts.
+        .current_dir(dir)
+        .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GATEWAY_SERVER_NODE_ID", node_id)
+        .env("GATEWAY_SERVER_DRAIN_SECONDS", DRAIN_SECONDS.to_string())
+        .env("GATEWAY_AUTH_HS_SECRET", SECRET)
+        .stdout(log_file(dir, &format!("{node_id}.out")))
+        .stderr(log_file(dir, &format!("{node_id}.err")))
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: "gateway",
+    }
+}
+
+/// Sends one HTTP/1.1 request on `stream` and returns the status and the
+/// whole response (`Connection: close`, so the response ends at EOF).
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, path: &str) -> (u16, String) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    // A TLS peer may close without close_notify; what was read still counts.
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    Some(request(&mut stream, path).await)
+}
+
+/// Polls `GET path` until it answers 200; fails the test past the deadline.
+async fn wait_ok(port: u16, path: &str, what: &str, dir: &Path) {
+    let start = Instant::now();
+    loop {
+        if let Some((200, _)) = get(port, path).await {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what} did not answer 200 on {path}; logs in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA and a server certificate for localhost/127.0.0.1 signed by
+/// it (rustls, rightly, refuses a self-signed CA certificate as a server
+/// certificate). Returns (CA cert, server cert, server key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=gateway test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "tls.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
+}
+
+/// The first two `server` lines of the production example, with their
+/// parameters (max_fails, fail_timeout, max_conns) kept and the addresses
+/// replaced by the test nodes'.
+fn upstreams(ports: &[u16]) -> String {
+    let example = std::fs::read_to_string(repo().join(UPSTREAMS_EXAMPLE)).unwrap();
+    let servers: Vec<&str> = example
+        .lines()
+        .filter(|l| l.starts_with("server "))
+        .collect();
+    assert!(
+        servers.len() >= ports.len(),
+        "{UPSTREAMS_EXAMPLE} lists fewer nodes than the test needs"
+    );
+    servers
+        .iter()
+        .zip(ports)
+        .map(|(line, port)| {
+            let mut words: Vec<String> = line.split(' ').map(str::to_owned).collect();
+            words[1] = format!("127.0.0.1:{port}");
+            words.join(" ") + "\n"
+        })
+        .collect()
+}
+
+/// The production template with its placeholders filled in; any placeholder
+/// left over (a new one the test does not know) fails the test.
+fn render_template(vars: &HashMap<&str, String>) -> String {
+    let mut text = std::fs::read_to_string(repo().join(TEMPLATE)).unwrap();
+    for (name, value) in vars {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    assert!(
+        !text.contains("${NGINX_"),
+        "unrendered placeholder in {TEMPLATE}"
+    );
+    text
+}
+
+/// The test's own main configuration: what deploy/nginx/nginx.conf sizes for
+/// production (and .ci/deploy-checks validates with `nginx -t`) is replaced
+/// by paths inside the scratch prefix, so nginx needs no root and leaves no
+/// trace; the gateway part is the rendered production file.
+fn main_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/client_body;\n  proxy_temp_path {d}/proxy;\n  \
+         fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/gateway.conf;\n}}\n"
+    )
+}
+
+fn tls_connector(ca: &Path) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls(connector: &TlsConnector, port: u16) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with nginx")
+}
+
+fn token(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": sub, "exp": now + 3600, "iat": now, "rooms": ["lobby"]});
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Opens wss://localhost:<port>/ws through nginx and returns the socket and
+/// the node that welcomed it.
+async fn connect(connector: &TlsConnector, port: u16, sub: &str) -> (Wss, String) {
+    let stream = tls(connector, port).await;
+    let url = format!("wss://localhost:{port}/ws?token={}", token(sub));
+    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade through nginx");
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let node = welcome["node"]
+        .as_str()
+        .expect("welcome names its node")
+        .to_owned();
+    (ws, node)
+}
+
+async fn next_json(ws: &mut Wss) -> Value {
+    loop {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the close frame; returns its code (1005: none, 1006: dropped).
+async fn close_code(ws: &mut Wss) -> u16 {
+    loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return 1006,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
+    let Some(nginx) = nginx_binary() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but nginx is not installed: .ci/deploy-checks installs it"
+        );
+        eprintln!(
+            "SKIPPED nginx_balances_wss_and_moves_sockets_off_a_draining_node: no nginx binary (apt-get install nginx)"
+        );
+        return;
+    };
+    let dir = TempDir::new();
+    let d = dir.0.as_path();
+    let (port_a, port_b, http_port, https_port) =
+        (free_port(), free_port(), free_port(), free_port());
+
+    let node_a = start_node(d, "node-a", port_a);
+    let _node_b = start_node(d, "node-b", port_b);
+    wait_ok(port_a, "/healthz", "node-a", d).await;
+    wait_ok(port_b, "/healthz", "node-b", d).await;
+
+    let (ca, cert, key) = make_certificates(d);
+    std::fs::write(d.join("upstreams.conf"), upstreams(&[port_a, port_b])).unwrap();
+    let vars = HashMap::from([
+        ("NGINX_LISTEN_HTTP", format!("127.0.0.1:{http_port}")),
+        ("NGINX_LISTEN_HTTPS", format!("127.0.0.1:{https_port}")),
+        ("NGINX_TLS_CERT", cert.display().to_string()),
+        ("NGINX_TLS_KEY", key.display().to_string()),
+        (
+            "NGINX_UPSTREAMS",
+            d.join("upstreams.conf").display().to_string(),
+        ),
+    ]);
+    std::fs::write(d.join("gateway.conf"), render_template(&vars)).unwrap();
+    std::fs::write(d.join("nginx.conf"), main_conf(d)).unwrap();
+    let child = Command::new(&nginx)
+        .arg("-p")
+        .arg(format!("{}/", d.display()))
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .args(["-e", "stderr"])
+        .stdout(log_file(d, "nginx.out"))
+        .stderr(log_file(d, "nginx.err"))
+        .spawn()
+        .unwrap();
+    let _nginx = Proc {
+        child,
+        name: "nginx",
+    };
+    wait_ok(http_port, "/nginx-health", "nginx", d).await;
+
+    // Plain HTTP only redirects to TLS.
+    let (status, response) = get(http_port, "/ws").await.unwrap();
+    assert_eq!(status, 308, "{response}");
+    assert!(
+        response.contains("Location: https://localhost/ws"),
+        "{response}"
+    );
+
+    // Over TLS, probes and metrics stay off the public listener.
+    let connector = tls_connector(&ca);
+    let (status, response) = request(&mut tls(&connector, https_port).await, "/metrics").await;
+    assert_eq!(
+        status, 404,
+        "/metrics must not be exposed through nginx: {response}"
+    );
+
+    // Sockets through nginx spread over both nodes (least_conn).
+    let mut sockets = Vec::new();
+    for i in 0..6 {
+        sockets.push(connect(&connector, https_port, &format!("user{i}")).await);
+    }
+    let on_a = sockets.iter().filter(|(_, n)| n == "node-a").count();
+    let on_b = sockets.iter().filter(|(_, n)| n == "node-b").count();
+    assert_eq!(
+        on_a + on_b,
+        sockets.len(),
+        "every welcome names node-a or node-b"
+    );
+    assert!(
+        on_a >= 1 && on_b >= 1,
+        "least_conn spreads sockets: {on_a} on node-a, {on_b} on node-b"
+    );
+
+    // Drain node-a: its sockets get 1012 and reconnect through nginx to
+    // node-b, whether node-a still refuses upgrades with 503 or has already
+    // closed its listener (proxy_next_upstream covers both).
+    let pid = node_a.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (drained, mut kept): (Vec<_>, Vec<_>) =
+        sockets.into_iter().partition(|(_, n)| n == "node-a");
+    for (i, (mut ws, _)) in drained.into_iter().enumerate() {
+        assert_eq!(
+            close_code(&mut ws).await,
+            1012,
+            "a draining node closes with 1012 (service restart)"
+        );
+        let (_ws, node) = connect(&connector, https_port, &format!("again{i}")).await;
+        assert_eq!(
+            node, "node-b",
+            "the reconnect lands on the node that is not draining"
+        );
+    }
+    // node-b's sockets never noticed.
+    for (i, (ws, _)) in kept.iter_mut().enumerate() {
+        ws.send(Message::text(json!({"type": "ping", "id": i}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(next_json(ws).await, json!({"type": "pong", "id": i}));
+    }
+
+    // The drained process exits 0 within its drain window (plus the deadline).
+    let mut node_a = node_a;
+    let status = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || {
+            let status = node_a.child.wait().unwrap();
+            (status, node_a)
+        }),
+    )
+    .await
+    .expect("node-a exits after its drain")
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0), "a drain ends with exit code 0");
+
+    // With node-a gone, new sockets still get in, on node-b.
+    let (_ws, node) = connect(&connector, https_port, "late").await;
+    assert_eq!(node, "node-b");
+}
