@@ -21,20 +21,29 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_event");
     g.bench_function("json_once", |b| {
         b.iter(|| {
-            let e = Event::new(Publication { channel: channel.clone(), payload: payload(), received_at: Instant::now() });
+            let e = Event::new(Publication {
+                channel: channel.clone(),
+                payload: payload(),
+                received_at: Instant::now(),
+            });
             black_box(e.message(Format::Json).clone());
         })
     });
     g.bench_function("msgpack_once", |b| {
         b.iter(|| {
-            let e = Event::new(Publication { channel: channel.clone(), payload: payload(), received_at: Instant::now() });
+            let e = Event::new(Publication {
+                channel: channel.clone(),
+                payload: payload(),
+                received_at: Instant::now(),
+            });
             black_box(e.message(Format::MsgPack).clone());
         })
     });
     g.bench_function("naive_json_tree", |b| {
         b.iter(|| {
             let data: serde_json::Value = serde_json::from_slice(&payload()).unwrap();
-            let frame = serde_json::json!({"type": "event", "channel": channel.to_string(), "data": data});
+            let frame =
+                serde_json::json!({"type": "event", "channel": channel.to_string(), "data": data});
             black_box(serde_json::to_string(&frame).unwrap());
         })
     });

@@ -23,13 +23,19 @@ const PAYLOAD: &[u8] = br#"{"seq":1,"text":"hello, this is a typical small chat 
 
 fn hub_with(n: usize, rt: &tokio::runtime::Runtime) -> (Arc<Hub>, Vec<Arc<Outbox>>, Channel) {
     let (broker, _rx) = MemoryBroker::new(16);
-    let hub = Arc::new(Hub::new(broker, Metrics::new(&prometheus::Registry::new()).unwrap()));
+    let hub = Arc::new(Hub::new(
+        broker,
+        Metrics::new(&prometheus::Registry::new()).unwrap(),
+    ));
     let room = Channel::parse("room:lobby").unwrap();
     let mut outboxes = Vec::with_capacity(n);
     rt.block_on(async {
         for _ in 0..n {
             let outbox = Arc::new(Outbox::new(1024, 1 << 20));
-            let sub = Subscriber { outbox: outbox.clone(), format: Format::Json };
+            let sub = Subscriber {
+                outbox: outbox.clone(),
+                format: Format::Json,
+            };
             let id = hub.register(sub.clone());
             hub.subscribe(&room, id, sub).await.unwrap();
             outboxes.push(outbox);
@@ -48,19 +54,30 @@ fn naive_with(n: usize) -> (Naive, Vec<mpsc::UnboundedReceiver<String>>) {
         senders.push(tx);
         receivers.push(rx);
     }
-    (Mutex::new(HashMap::from([("lobby".to_string(), senders)])), receivers)
+    (
+        Mutex::new(HashMap::from([("lobby".to_string(), senders)])),
+        receivers,
+    )
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("fanout_one_publication");
-    g.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for n in [1_000usize, 10_000, 100_000] {
         let (hub, outboxes, room) = hub_with(n, &rt);
         let mut batch = VecDeque::new();
         g.bench_with_input(BenchmarkId::new("hub_encode_once", n), &n, |b, _| {
             b.iter(|| {
-                let event = Event::new(Publication { channel: room.clone(), payload: Bytes::from_static(PAYLOAD), received_at: Instant::now() });
+                let event = Event::new(Publication {
+                    channel: room.clone(),
+                    payload: Bytes::from_static(PAYLOAD),
+                    received_at: Instant::now(),
+                });
                 assert_eq!(hub.deliver(&event), n);
                 for o in &outboxes {
                     o.take(&mut batch);
@@ -75,7 +92,8 @@ fn bench(c: &mut Criterion) {
                 let map = naive.lock().unwrap();
                 for tx in &map["lobby"] {
                     let data: serde_json::Value = serde_json::from_slice(PAYLOAD).unwrap();
-                    let frame = serde_json::json!({"type": "event", "channel": "room:lobby", "data": data});
+                    let frame =
+                        serde_json::json!({"type": "event", "channel": "room:lobby", "data": data});
                     tx.send(frame.to_string()).unwrap();
                 }
                 drop(map);

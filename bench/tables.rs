@@ -22,20 +22,32 @@ const ROOMS: usize = 1_000;
 const CONNS_PER_THREAD: u64 = 500;
 
 fn rooms() -> Vec<Channel> {
-    (0..ROOMS).map(|i| Channel::parse(&format!("room:r{i}")).unwrap()).collect()
+    (0..ROOMS)
+        .map(|i| Channel::parse(&format!("room:r{i}")).unwrap())
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let rooms = Arc::new(rooms());
     let mut g = c.benchmark_group("subscribe_unsubscribe_2_threads");
-    g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
     // Each iteration: per thread, 500 connections x (join 5 rooms, leave them).
-    g.throughput(criterion::Throughput::Elements(2 * CONNS_PER_THREAD * 5 * 2));
+    g.throughput(criterion::Throughput::Elements(
+        2 * CONNS_PER_THREAD * 5 * 2,
+    ));
 
     g.bench_function("sharded_hub", |b| {
         let (broker, _rx) = MemoryBroker::new(16);
-        let hub = Arc::new(Hub::new(broker, Metrics::new(&prometheus::Registry::new()).unwrap()));
+        let hub = Arc::new(Hub::new(
+            broker,
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        ));
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
@@ -45,9 +57,16 @@ fn bench(c: &mut Criterion) {
                             let (hub, rooms) = (hub.clone(), rooms.clone());
                             tokio::spawn(async move {
                                 for c in 0..CONNS_PER_THREAD {
-                                    let sub = Subscriber { outbox: Arc::new(Outbox::new(8, 1024)), format: Format::Json };
+                                    let sub = Subscriber {
+                                        outbox: Arc::new(Outbox::new(8, 1024)),
+                                        format: Format::Json,
+                                    };
                                     let id = hub.register(sub.clone());
-                                    let mine: Vec<&Channel> = (0..5).map(|k| &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]).collect();
+                                    let mine: Vec<&Channel> = (0..5)
+                                        .map(|k| {
+                                            &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]
+                                        })
+                                        .collect();
                                     for room in &mine {
                                         hub.subscribe(room, id, sub.clone()).await.unwrap();
                                     }
@@ -70,11 +89,17 @@ fn bench(c: &mut Criterion) {
 
     g.bench_function("sharded_hub_warm_rooms", |b| {
         let (broker, _rx) = MemoryBroker::new(16);
-        let hub = Arc::new(Hub::new(broker, Metrics::new(&prometheus::Registry::new()).unwrap()));
+        let hub = Arc::new(Hub::new(
+            broker,
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        ));
         // One resident subscriber per room: joins and leaves never touch the
         // broker, so this measures the tables alone.
         rt.block_on(async {
-            let resident = Subscriber { outbox: Arc::new(Outbox::new(8, 1024)), format: Format::Json };
+            let resident = Subscriber {
+                outbox: Arc::new(Outbox::new(8, 1024)),
+                format: Format::Json,
+            };
             let id = hub.register(resident.clone());
             for room in rooms.iter() {
                 hub.subscribe(room, id, resident.clone()).await.unwrap();
@@ -89,9 +114,16 @@ fn bench(c: &mut Criterion) {
                             let (hub, rooms) = (hub.clone(), rooms.clone());
                             tokio::spawn(async move {
                                 for c in 0..CONNS_PER_THREAD {
-                                    let sub = Subscriber { outbox: Arc::new(Outbox::new(8, 1024)), format: Format::Json };
+                                    let sub = Subscriber {
+                                        outbox: Arc::new(Outbox::new(8, 1024)),
+                                        format: Format::Json,
+                                    };
                                     let id = hub.register(sub.clone());
-                                    let mine: Vec<&Channel> = (0..5).map(|k| &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]).collect();
+                                    let mine: Vec<&Channel> = (0..5)
+                                        .map(|k| {
+                                            &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]
+                                        })
+                                        .collect();
                                     for room in &mine {
                                         hub.subscribe(room, id, sub.clone()).await.unwrap();
                                     }
@@ -126,9 +158,17 @@ fn bench(c: &mut Criterion) {
                             for c in 0..CONNS_PER_THREAD {
                                 let outbox = Arc::new(Outbox::new(8, 1024));
                                 let id = t * 1_000_000 + c;
-                                let mine: Vec<&String> = (0..5).map(|k| &names[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]).collect();
+                                let mine: Vec<&String> = (0..5)
+                                    .map(|k| {
+                                        &names[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]
+                                    })
+                                    .collect();
                                 for room in &mine {
-                                    map.lock().unwrap().entry((*room).clone()).or_default().insert(id, outbox.clone());
+                                    map.lock()
+                                        .unwrap()
+                                        .entry((*room).clone())
+                                        .or_default()
+                                        .insert(id, outbox.clone());
                                 }
                                 for room in &mine {
                                     let mut m = map.lock().unwrap();

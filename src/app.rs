@@ -58,11 +58,17 @@ pub struct Gateway {
 }
 
 /// Binds and wires a node. `socket_capacity` is the most sockets it admits.
-pub async fn build(config: Config, registry: prometheus::Registry, socket_capacity: usize) -> Result<Gateway, StartError> {
+pub async fn build(
+    config: Config,
+    registry: prometheus::Registry,
+    socket_capacity: usize,
+) -> Result<Gateway, StartError> {
     let listener = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|e| StartError::Bind(config.server.listen.clone(), e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Bind(config.server.listen.clone(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.server.listen.clone(), e))?;
     let metrics = Metrics::new(&registry).map_err(StartError::Metrics)?;
     let verifier = Verifier::from_config(&config.auth).map_err(StartError::Auth)?;
     let (broker, inbound): (SharedBroker, _) = match config.broker.kind.as_str() {
@@ -70,14 +76,28 @@ pub async fn build(config: Config, registry: prometheus::Registry, socket_capaci
             let (broker, inbound) = MemoryBroker::new(config.broker.queue_capacity);
             (broker, inbound)
         }
-        other => return Err(StartError::Broker(format!("broker.kind = {other:?} is not available in this build"))),
+        "redis" => {
+            let (broker, inbound) =
+                crate::broker::RedisBroker::start(&config.broker, metrics.clone())
+                    .map_err(|e| StartError::Broker(e.to_string()))?;
+            (broker, inbound)
+        }
+        other => {
+            return Err(StartError::Broker(format!(
+                "broker.kind = {other:?} is not available in this build"
+            )));
+        }
     };
     let broker_state = broker.state();
     let hub = Arc::new(Hub::new(broker, metrics.clone()));
     tokio::spawn(hub.clone().pump(inbound));
     spawn_broker_gauge(broker_state.clone(), metrics.clone());
     metrics.socket_capacity.set(socket_capacity as i64);
-    let id: Arc<str> = if config.server.node_id.is_empty() { default_node_id().into() } else { config.server.node_id.as_str().into() };
+    let id: Arc<str> = if config.server.node_id.is_empty() {
+        default_node_id().into()
+    } else {
+        config.server.node_id.as_str().into()
+    };
     let limits = Arc::new(Limits::new(&config.limits, socket_capacity));
     let node = Arc::new(Node {
         id,
@@ -90,7 +110,11 @@ pub async fn build(config: Config, registry: prometheus::Registry, socket_capaci
         lifecycle: Lifecycle::new(),
         broker_state,
     });
-    Ok(Gateway { addr, node, listener })
+    Ok(Gateway {
+        addr,
+        node,
+        listener,
+    })
 }
 
 impl Gateway {
@@ -101,12 +125,18 @@ impl Gateway {
         let Gateway { node, listener, .. } = self;
         let accept = tokio::spawn(crate::http::serve(listener, node.clone()));
         let mut phase = node.lifecycle.watch();
-        let _ = phase.wait_for(|p| *p != crate::lifecycle::Phase::Running).await;
+        let _ = phase
+            .wait_for(|p| *p != crate::lifecycle::Phase::Running)
+            .await;
         node.metrics.draining.set(1);
         node.metrics.ready.set(0);
         let _ = accept.await;
         let window = Duration::from_secs(node.config.server.drain_seconds);
-        tracing::info!(sockets = node.hub.sizes().conns, window_s = window.as_secs(), "draining");
+        tracing::info!(
+            sockets = node.hub.sizes().conns,
+            window_s = window.as_secs(),
+            "draining"
+        );
         let finished = node.lifecycle.drain(&node.hub, window, DRAIN_GRACE).await;
         tracing::info!(finished, "drained");
         finished
@@ -141,30 +171,47 @@ pub fn socket_capacity(cfg: &Config) -> usize {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "could not raise the open-files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
         }
     };
     let available = limit.saturating_sub(cfg.server.fd_reserve).max(1);
     let capacity = match cfg.server.max_connections {
         0 => available,
         n if n > available => {
-            tracing::warn!(configured = n, available, "server.max_connections exceeds the open-files limit; capped");
+            tracing::warn!(
+                configured = n,
+                available,
+                "server.max_connections exceeds the open-files limit; capped"
+            );
             available
         }
         n => n,
     };
-    tracing::info!(open_files_limit = limit, socket_capacity = capacity, "socket capacity");
+    tracing::info!(
+        open_files_limit = limit,
+        socket_capacity = capacity,
+        "socket capacity"
+    );
     capacity as usize
 }
 
 /// `gateway serve`: runs the node until SIGTERM/SIGINT, then drains and exits 0.
 pub fn serve(loaded: Loaded) -> ExitCode {
-    let Loaded { config, source, warnings } = loaded;
+    let Loaded {
+        config,
+        source,
+        warnings,
+    } = loaded;
     init_tracing(&config);
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -217,7 +264,16 @@ async fn wait_for_signal() {
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, watch};
 use crate::protocol::{Channel, Publication};
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisSetupError};
 
 /// A boxed future, so `Broker` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -194,7 +194,11 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        Self { kind: "memory".into(), queue_capacity: 65_536, redis: RedisConfig::default() }
+        Self {
+            kind: "memory".into(),
+            queue_capacity: 65_536,
+            redis: RedisConfig::default(),
+        }
     }
 }
 
@@ -216,6 +220,36 @@ pub struct RedisConfig {
     pub password: String,
     /// TLS to Redis.
     pub tls: bool,
+    /// PEM file of the CA(s) that sign the Redis servers' certificates; empty
+    /// = the system's roots. Used when `tls` is true.
+    pub tls_ca_file: String,
+    /// Time allowed to open a connection (TCP, TLS and AUTH).
+    pub connect_timeout_ms: u64,
+    /// Time allowed for a subscribe, topology or probe command.
+    pub command_timeout_ms: u64,
+    /// How long a first local subscriber waits for the Redis subscription
+    /// before the client gets an error and the subscription is rolled back.
+    pub subscribe_timeout_ms: u64,
+    /// Time allowed for one batch of publishes; a batch that takes longer
+    /// counts as failed in `gateway_broker_publish_errors_total`.
+    pub publish_timeout_ms: u64,
+    /// Publications queued for Redis; beyond it a publish is refused (overloaded).
+    pub publish_queue: usize,
+    /// Messages buffered per Redis connection between the socket reader and
+    /// the hand-off to the hub; overflowing it loses messages.
+    pub inbound_buffer: usize,
+    /// Interval of the liveness probe on each subscriber connection.
+    pub probe_interval_ms: u64,
+    /// A connection whose probe stays silent this long is rebuilt, and the
+    /// broker reports Down (so `/readyz` is 503) until a probe comes back.
+    pub probe_timeout_ms: u64,
+    /// Interval of the full reconcile pass: slot map re-read, every
+    /// subscription checked against Redis and re-established where missing.
+    pub reconcile_interval_ms: u64,
+    /// First reconnect delay; doubled after each failure.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -228,6 +262,18 @@ impl Default for RedisConfig {
             username: String::new(),
             password: String::new(),
             tls: false,
+            tls_ca_file: String::new(),
+            connect_timeout_ms: 2_000,
+            command_timeout_ms: 2_000,
+            subscribe_timeout_ms: 5_000,
+            publish_timeout_ms: 2_000,
+            publish_queue: 65_536,
+            inbound_buffer: 16_384,
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 3_000,
+            reconcile_interval_ms: 1_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
         }
     }
 }
@@ -252,6 +298,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }

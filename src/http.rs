@@ -73,7 +73,11 @@ async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Htt
     match (req.method(), req.uri().path()) {
         (_, "/ws") => upgrade::handle(node, peer, req),
         (&Method::POST, "/api/publish") => publish::handle(node, req).await,
-        (_, "/api/publish") => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"),
+        (_, "/api/publish") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST",
+        ),
         (&Method::GET, "/healthz") => probes::healthz(),
         (&Method::GET, "/readyz") => probes::readyz(&node),
         (&Method::GET, "/metrics") => probes::metrics(&node),
@@ -91,6 +95,8 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
 pub fn json(status: StatusCode, body: String) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -109,7 +109,12 @@ impl Hub {
     /// Joining a channel whose broker subscription is already live takes only
     /// the table's shard lock; the striped async lock is taken on the first
     /// subscriber's path, which waits for the broker.
-    pub async fn subscribe(&self, channel: &Channel, id: ConnId, subscriber: Subscriber) -> Result<Joined, BrokerError> {
+    pub async fn subscribe(
+        &self,
+        channel: &Channel,
+        id: ConnId,
+        subscriber: Subscriber,
+    ) -> Result<Joined, BrokerError> {
         if let Some(mut entry) = self.channels.get_mut(channel)
             && entry.live
         {
@@ -196,7 +201,10 @@ impl Hub {
     /// waiting. Returns how many sockets got it.
     pub fn deliver(&self, event: &Event) -> usize {
         let mut delivered = 0;
-        let mut push = |sub: &Subscriber| match sub.outbox.push(event.message(sub.format).clone(), Some(event.received_at())) {
+        let mut push = |sub: &Subscriber| match sub
+            .outbox
+            .push(event.message(sub.format).clone(), Some(event.received_at()))
+        {
             Ok(()) => delivered += 1,
             // The outbox marked itself; its session closes with 4008 and counts it.
             Err(PushError::Full) | Err(PushError::Closed) => {}
@@ -225,7 +233,10 @@ impl Hub {
 
     /// Every open socket's outbox (a snapshot, for drain).
     pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
-        self.conns.iter().map(|e| e.value().outbox.clone()).collect()
+        self.conns
+            .iter()
+            .map(|e| e.value().outbox.clone())
+            .collect()
     }
 
     /// Table sizes, for tests and leak checks.
@@ -277,7 +288,10 @@ mod tests {
     }
 
     fn sub(format: Format) -> Subscriber {
-        Subscriber { outbox: Arc::new(Outbox::new(8, 1 << 16)), format }
+        Subscriber {
+            outbox: Arc::new(Outbox::new(8, 1 << 16)),
+            format,
+        }
     }
 
     fn room(name: &str) -> Channel {
@@ -285,7 +299,11 @@ mod tests {
     }
 
     fn event(channel: Channel) -> Event {
-        Event::new(Publication { channel, payload: Bytes::from_static(b"{}"), received_at: Instant::now() })
+        Event::new(Publication {
+            channel,
+            payload: Bytes::from_static(b"{}"),
+            received_at: Instant::now(),
+        })
     }
 
     #[tokio::test]
@@ -294,7 +312,10 @@ mod tests {
         let (a, b) = (sub(Format::Json), sub(Format::MsgPack));
         let (ia, ib) = (hub.register(a.clone()), hub.register(b.clone()));
         let lobby = room("lobby");
-        assert_eq!(hub.subscribe(&lobby, ia, a.clone()).await, Ok(Joined::Added));
+        assert_eq!(
+            hub.subscribe(&lobby, ia, a.clone()).await,
+            Ok(Joined::Added)
+        );
         assert_eq!(hub.subscribe(&lobby, ia, a).await, Ok(Joined::Already));
         hub.subscribe(&lobby, ib, b).await.unwrap();
         assert_eq!(broker.subscription_count(), 1);
@@ -352,7 +373,10 @@ mod tests {
         let hub = Hub::new(Arc::new(Refusing), metrics.clone());
         let a = sub(Format::Json);
         let ia = hub.register(a.clone());
-        assert_eq!(hub.subscribe(&room("lobby"), ia, a).await, Err(BrokerError::Unavailable));
+        assert_eq!(
+            hub.subscribe(&room("lobby"), ia, a).await,
+            Err(BrokerError::Unavailable)
+        );
         assert_eq!(hub.sizes().channels, 0);
         assert_eq!(metrics.subscriptions.get(), 0);
         assert_eq!(metrics.channels.get(), 0);
@@ -413,7 +437,11 @@ mod tests {
             ids.push(t.await.unwrap());
         }
         let interested = rooms.iter().filter(|r| hub.subscriber_count(r) > 0).count();
-        assert_eq!(memory.subscription_count(), interested, "broker interest equals local interest");
+        assert_eq!(
+            memory.subscription_count(),
+            interested,
+            "broker interest equals local interest"
+        );
         for (id, _) in ids {
             for r in &rooms {
                 hub.unsubscribe(r, id).await;

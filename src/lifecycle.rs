@@ -44,7 +44,10 @@ impl Default for Lifecycle {
 impl Lifecycle {
     /// A running node.
     pub fn new() -> Lifecycle {
-        Lifecycle { phase: watch::channel(Phase::Running).0, sessions: TaskTracker::new() }
+        Lifecycle {
+            phase: watch::channel(Phase::Running).0,
+            sessions: TaskTracker::new(),
+        }
     }
 
     /// The current phase.
@@ -91,7 +94,9 @@ impl Lifecycle {
             outbox.close(Disconnect::Draining);
         }
         self.sessions.close();
-        let finished = tokio::time::timeout_at(deadline, self.sessions.wait()).await.is_ok();
+        let finished = tokio::time::timeout_at(deadline, self.sessions.wait())
+            .await
+            .is_ok();
         self.phase.send_replace(Phase::Stopped);
         finished
     }
@@ -110,19 +115,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drain_spreads_closes_over_the_window() {
         let (broker, _rx) = MemoryBroker::new(4);
-        let hub = Arc::new(Hub::new(broker, Metrics::new(&prometheus::Registry::new()).unwrap()));
+        let hub = Arc::new(Hub::new(
+            broker,
+            Metrics::new(&prometheus::Registry::new()).unwrap(),
+        ));
         let outboxes: Vec<Arc<Outbox>> = (0..4).map(|_| Arc::new(Outbox::new(4, 1024))).collect();
         for o in &outboxes {
-            hub.register(Subscriber { outbox: o.clone(), format: Format::Json });
+            hub.register(Subscriber {
+                outbox: o.clone(),
+                format: Format::Json,
+            });
         }
         let life = Lifecycle::new();
         let drain = {
             let (life, hub) = (life.clone(), hub.clone());
-            tokio::spawn(async move { life.drain(&hub, Duration::from_secs(4), Duration::from_secs(1)).await })
+            tokio::spawn(async move {
+                life.drain(&hub, Duration::from_secs(4), Duration::from_secs(1))
+                    .await
+            })
         };
         tokio::task::yield_now().await;
         assert_eq!(life.phase(), Phase::Draining);
-        let closed = |o: &Outbox| o.take(&mut VecDeque::new()) == Status::Close(Disconnect::Draining);
+        let closed =
+            |o: &Outbox| o.take(&mut VecDeque::new()) == Status::Close(Disconnect::Draining);
         let count = || outboxes.iter().filter(|o| closed(o)).count();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(count(), 1, "one close at the start of the window");
@@ -130,7 +145,10 @@ mod tests {
         assert_eq!(count(), 2, "the next a quarter of the window later");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(count(), 4);
-        assert!(drain.await.unwrap(), "no tracked sessions: finishes at once");
+        assert!(
+            drain.await.unwrap(),
+            "no tracked sessions: finishes at once"
+        );
         assert_eq!(life.phase(), Phase::Stopped);
     }
 }

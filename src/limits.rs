@@ -70,7 +70,10 @@ impl Limits {
             return Err(Refusal::Capacity);
         }
         if let Some(bucket) = &self.connect_bucket
-            && !bucket.lock().unwrap_or_else(|e| e.into_inner()).take(Instant::now())
+            && !bucket
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(Instant::now())
         {
             return Err(Refusal::Rate);
         }
@@ -85,7 +88,11 @@ impl Limits {
         }
         // From here on the permit owns the places it has taken; an early
         // return drops it, which gives them back.
-        let mut permit = ConnPermit { limits: self.clone(), ip: None, user: None };
+        let mut permit = ConnPermit {
+            limits: self.clone(),
+            ip: None,
+            user: None,
+        };
         if !take(&self.per_ip, ip, self.max_per_ip) {
             return Err(Refusal::PerIp);
         }
@@ -99,7 +106,11 @@ impl Limits {
 
     /// Entries in the per-IP and per-user tables (zero when no socket is open).
     pub fn table_sizes(&self) -> (usize, usize, usize) {
-        (self.open.load(Ordering::Relaxed), self.per_ip.len(), self.per_user.len())
+        (
+            self.open.load(Ordering::Relaxed),
+            self.per_ip.len(),
+            self.per_user.len(),
+        )
     }
 }
 
@@ -151,7 +162,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket { rate: rate as f64, burst: burst as f64, tokens: burst as f64, last: Instant::now() }
+        TokenBucket {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
     }
 
     /// Takes one token if there is one.
@@ -174,7 +190,11 @@ mod tests {
     use std::time::Duration;
 
     fn cfg(per_ip: u32, per_user: u32) -> LimitsConfig {
-        LimitsConfig { max_sockets_per_ip: per_ip, max_sockets_per_user: per_user, ..LimitsConfig::default() }
+        LimitsConfig {
+            max_sockets_per_ip: per_ip,
+            max_sockets_per_user: per_user,
+            ..LimitsConfig::default()
+        }
     }
 
     #[test]
@@ -185,7 +205,10 @@ mod tests {
         let a = limits.admit(ip, &alice).unwrap();
         assert_eq!(limits.admit(ip, &alice).err(), Some(Refusal::PerUser));
         let b = limits.admit(ip, &bob).unwrap();
-        assert_eq!(limits.admit(ip, &"carol".into()).err(), Some(Refusal::PerIp));
+        assert_eq!(
+            limits.admit(ip, &"carol".into()).err(),
+            Some(Refusal::PerIp)
+        );
         assert_eq!(limits.table_sizes(), (2, 1, 2));
         drop((a, b));
         assert_eq!(limits.table_sizes(), (0, 0, 0));

@@ -35,7 +35,14 @@ pub const AUTH_REASONS: [&str; 11] = [
 ];
 
 /// Frame types of `gateway_frames_in_total`.
-pub const FRAME_TYPES: [&str; 6] = ["subscribe", "unsubscribe", "publish", "refresh", "ping", "invalid"];
+pub const FRAME_TYPES: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "refresh",
+    "ping",
+    "invalid",
+];
 
 /// Sources of `gateway_publications_in_total`.
 pub const SOURCES: [&str; 3] = ["http", "client", "broker"];
@@ -118,18 +125,31 @@ impl Metrics {
             registry.register(Box::new(h.clone()))?;
             Ok::<_, prometheus::Error>(h)
         };
-        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-        let codes: Vec<String> = Disconnect::ALL.iter().map(|d| d.code().to_string()).collect();
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let codes: Vec<String> = Disconnect::ALL
+            .iter()
+            .map(|d| d.code().to_string())
+            .collect();
         let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
         let errors: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
 
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         Ok(Metrics {
             sockets_open: gauge("gateway_sockets_open", "Open WebSocket sessions")?,
-            socket_capacity: gauge("gateway_socket_capacity", "Sockets this node admits at most")?,
-            upgrades_accepted: counter("gateway_upgrades_accepted_total", "WebSocket upgrades accepted")?,
+            socket_capacity: gauge(
+                "gateway_socket_capacity",
+                "Sockets this node admits at most",
+            )?,
+            upgrades_accepted: counter(
+                "gateway_upgrades_accepted_total",
+                "WebSocket upgrades accepted",
+            )?,
             upgrades_refused: counter_vec(
                 "gateway_upgrades_refused_total",
                 "WebSocket upgrades refused before the upgrade, by reason",
@@ -142,16 +162,27 @@ impl Metrics {
                 "reason",
                 &AUTH_REASONS,
             )?,
-            frames_in: counter_vec("gateway_frames_in_total", "Inbound frames, by type", "type", &FRAME_TYPES)?,
+            frames_in: counter_vec(
+                "gateway_frames_in_total",
+                "Inbound frames, by type",
+                "type",
+                &FRAME_TYPES,
+            )?,
             frames_out: counter("gateway_frames_out_total", "Frames written to sockets")?,
-            bytes_out: counter("gateway_bytes_out_total", "Bytes of frames written to sockets")?,
+            bytes_out: counter(
+                "gateway_bytes_out_total",
+                "Bytes of frames written to sockets",
+            )?,
             publications_in: counter_vec(
                 "gateway_publications_in_total",
                 "Publications received, by source",
                 "source",
                 &SOURCES,
             )?,
-            deliveries: counter("gateway_deliveries_total", "Event frames queued to sockets by fan-out")?,
+            deliveries: counter(
+                "gateway_deliveries_total",
+                "Event frames queued to sockets by fan-out",
+            )?,
             fanout_latency: histogram(
                 "gateway_fanout_latency_seconds",
                 "Publication received by the node until its frame is written to the socket (oldest frame of each written batch)",
@@ -161,10 +192,26 @@ impl Metrics {
                 "gateway_slow_consumer_closes_total",
                 "Sockets closed with 4008 because their outbound queue overflowed",
             )?,
-            closes: counter_vec("gateway_closes_total", "Server-initiated closes, by close code", "code", &codes)?,
-            errors_sent: counter_vec("gateway_errors_sent_total", "Error frames sent, by code", "code", &errors)?,
-            channels: gauge("gateway_channels", "Channels with at least one local subscriber")?,
-            subscriptions: gauge("gateway_subscriptions", "Socket-channel memberships on this node")?,
+            closes: counter_vec(
+                "gateway_closes_total",
+                "Server-initiated closes, by close code",
+                "code",
+                &codes,
+            )?,
+            errors_sent: counter_vec(
+                "gateway_errors_sent_total",
+                "Error frames sent, by code",
+                "code",
+                &errors,
+            )?,
+            channels: gauge(
+                "gateway_channels",
+                "Channels with at least one local subscriber",
+            )?,
+            subscriptions: gauge(
+                "gateway_subscriptions",
+                "Socket-channel memberships on this node",
+            )?,
             broker_up: gauge("gateway_broker_up", "1 while the broker is connected")?,
             broker_reconnects: counter("gateway_broker_reconnects_total", "Broker reconnects")?,
             broker_resubscribes: counter(
@@ -187,7 +234,9 @@ impl Metrics {
 
     /// Counts a server-initiated close.
     pub fn closed(&self, reason: Disconnect) {
-        self.closes.with_label_values(&[&reason.code().to_string()]).inc();
+        self.closes
+            .with_label_values(&[&reason.code().to_string()])
+            .inc();
         if reason == Disconnect::SlowConsumer {
             self.slow_consumer_closes.inc();
         }
@@ -205,7 +254,9 @@ mod tests {
         Metrics::new(&a).unwrap();
         Metrics::new(&b).unwrap();
         let mut buf = Vec::new();
-        prometheus::TextEncoder::new().encode(&a.gather(), &mut buf).unwrap();
+        prometheus::TextEncoder::new()
+            .encode(&a.gather(), &mut buf)
+            .unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert!(text.contains(r#"gateway_upgrades_refused_total{reason="draining"} 0"#));
         assert!(text.contains(r#"gateway_closes_total{code="4008"} 0"#));

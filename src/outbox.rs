@@ -84,7 +84,9 @@ impl Outbox {
         if state.close.is_some() {
             return Err(PushError::Closed);
         }
-        if state.queue.len() >= self.max_frames as usize || state.bytes + len > self.max_bytes as usize {
+        if state.queue.len() >= self.max_frames as usize
+            || state.bytes + len > self.max_bytes as usize
+        {
             state.close = Some(Disconnect::SlowConsumer);
             state.queue = VecDeque::new();
             state.bytes = 0;
@@ -93,7 +95,10 @@ impl Outbox {
             return Err(PushError::Full);
         }
         let was_empty = state.queue.is_empty();
-        state.queue.push_back(Outgoing { message, received_at });
+        state.queue.push_back(Outgoing {
+            message,
+            received_at,
+        });
         state.bytes += len;
         drop(state);
         // One wake-up per batch: the session takes everything queued at once.

@@ -27,9 +27,9 @@ impl RoomName {
     pub fn parse(name: &str) -> Option<RoomName> {
         let ok = !name.is_empty()
             && name.len() <= MAX_ROOM_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'@'));
+            && name.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'@')
+            });
         ok.then(|| RoomName(Arc::from(name)))
     }
 

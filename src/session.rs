@@ -27,8 +27,8 @@ use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Status};
 use crate::protocol::{
-    Channel, ClientFrame, Disconnect, ErrorCode, Format, RequestId, RoomName, ServerFrame, decode_client_frame,
-    encode_server_frame,
+    Channel, ClientFrame, Disconnect, ErrorCode, Format, RequestId, RoomName, ServerFrame,
+    decode_client_frame, encode_server_frame,
 };
 
 /// How long a closing socket may take to deliver its close frame and get the
@@ -54,13 +54,24 @@ pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, admitted: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Admitted { identity, format, permit } = admitted;
+    let Admitted {
+        identity,
+        format,
+        permit,
+    } = admitted;
     let cfg = &node.config;
-    let outbox = Arc::new(Outbox::new(cfg.websocket.outbox_max_frames, cfg.websocket.outbox_max_bytes));
+    let outbox = Arc::new(Outbox::new(
+        cfg.websocket.outbox_max_frames,
+        cfg.websocket.outbox_max_bytes,
+    ));
     let me = Subscriber { outbox, format };
     let id = node.hub.register(me.clone());
-    let bucket = (cfg.limits.messages_per_second > 0)
-        .then(|| TokenBucket::new(cfg.limits.messages_per_second, cfg.limits.message_burst.max(1)));
+    let bucket = (cfg.limits.messages_per_second > 0).then(|| {
+        TokenBucket::new(
+            cfg.limits.messages_per_second,
+            cfg.limits.message_burst.max(1),
+        )
+    });
     let mut session = Session {
         expires: deadline_of(identity.expires_at + cfg.auth.leeway_seconds),
         user: identity.user.clone(),
@@ -80,16 +91,20 @@ where
         batch: VecDeque::new(),
     };
     let outcome = AssertUnwindSafe(session.serve()).catch_unwind().await;
+    // Leaving is boxed for the same reason as the branches of the event loop.
     if outcome.is_err() {
         tracing::error!(conn = id, "session panicked; socket dropped");
         node.metrics.closed(Disconnect::Internal);
     }
-    session.leave_everything().await;
+    Box::pin(session.leave_everything()).await;
     drop(permit);
 }
 
 fn deadline_of(unix_secs: u64) -> Instant {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
 }
 
@@ -127,7 +142,13 @@ where
 {
     async fn serve(&mut self) {
         let user_channel = Channel::User(self.user.clone());
-        match self.node.hub.subscribe(&user_channel, self.id, self.me.clone()).await {
+        match Box::pin(
+            self.node
+                .hub
+                .subscribe(&user_channel, self.id, self.me.clone()),
+        )
+        .await
+        {
             Ok(_) => self.user_joined = true,
             Err(e) => {
                 tracing::warn!(error = %e, "user channel subscribe failed; closing socket");
@@ -141,12 +162,12 @@ where
             node: self.node.id.clone(),
             heartbeat: self.node.config.websocket.heartbeat_seconds,
         };
-        if !matches!(self.reply(welcome).await, Flow::Continue) {
+        if !matches!(Box::pin(self.reply(welcome)).await, Flow::Continue) {
             return;
         }
         let flow = self.event_loop().await;
         if let Flow::Close(reason) = flow {
-            self.close(reason).await;
+            Box::pin(self.close(reason)).await;
         }
     }
 
@@ -162,11 +183,14 @@ where
         loop {
             let flow = tokio::select! {
                 biased;
-                _ = outbox.ready() => self.flush_outbox().await,
+                _ = outbox.ready() => Box::pin(self.flush_outbox()).await,
                 inbound = self.ws.next() => {
                     self.last_seen = Instant::now();
                     match inbound {
-                        Some(Ok(message)) => self.on_message(message).await,
+                        // Boxed: the inbound path is rare next to the idle
+                        // wait, and inlining its state would make every idle
+                        // socket's task as large as its largest branch.
+                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                             Flow::Close(Disconnect::TooBig)
                         }
@@ -177,7 +201,7 @@ where
                     if self.last_seen.elapsed() > silence_limit {
                         Flow::Close(Disconnect::HeartbeatTimeout)
                     } else {
-                        self.send(Message::Ping(Default::default())).await
+                        Box::pin(self.send(Message::Ping(Default::default()))).await
                     }
                 }
                 _ = &mut expiry => Flow::Close(Disconnect::TokenExpired),
@@ -278,7 +302,13 @@ where
             if self.strikes >= self.node.config.limits.rate_limit_strikes {
                 return Flow::Close(Disconnect::RateLimited);
             }
-            return self.error(None, ErrorCode::RateLimited, "message rate exceeded; frame dropped").await;
+            return self
+                .error(
+                    None,
+                    ErrorCode::RateLimited,
+                    "message rate exceeded; frame dropped",
+                )
+                .await;
         }
         let frame = match decode_client_frame(payload, binary) {
             Ok(frame) => frame,
@@ -299,20 +329,33 @@ where
             ClientFrame::Unsubscribe { room, id } => {
                 metrics.frames_in.with_label_values(&["unsubscribe"]).inc();
                 let Some(room) = RoomName::parse(&room) else {
-                    return self.error(id, ErrorCode::BadRoom, "invalid room name").await;
+                    return self
+                        .error(id, ErrorCode::BadRoom, "invalid room name")
+                        .await;
                 };
                 if self.rooms.remove(&room) {
-                    self.node.hub.unsubscribe(&Channel::Room(room), self.id).await;
+                    self.node
+                        .hub
+                        .unsubscribe(&Channel::Room(room), self.id)
+                        .await;
                 }
                 self.reply(ServerFrame::Ok { id }).await
             }
             ClientFrame::Publish { room, data, id } => {
                 metrics.frames_in.with_label_values(&["publish"]).inc();
                 let Some(room) = RoomName::parse(&room) else {
-                    return self.error(id, ErrorCode::BadRoom, "invalid room name").await;
+                    return self
+                        .error(id, ErrorCode::BadRoom, "invalid room name")
+                        .await;
                 };
                 if !self.publish_grant.allows(room.as_str()) {
-                    return self.error(id, ErrorCode::Forbidden, "token does not allow publishing to this room").await;
+                    return self
+                        .error(
+                            id,
+                            ErrorCode::Forbidden,
+                            "token does not allow publishing to this room",
+                        )
+                        .await;
                 }
                 match self.node.broker().publish(Channel::Room(room), data) {
                     Ok(()) => {
@@ -339,18 +382,33 @@ where
 
     async fn subscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
         let Some(room) = RoomName::parse(room) else {
-            return self.error(id, ErrorCode::BadRoom, "room names are 1-128 characters of A-Z a-z 0-9 _ - : . @").await;
+            return self
+                .error(
+                    id,
+                    ErrorCode::BadRoom,
+                    "room names are 1-128 characters of A-Z a-z 0-9 _ - : . @",
+                )
+                .await;
         };
         if !self.rooms_grant.allows(room.as_str()) {
-            return self.error(id, ErrorCode::Forbidden, "token does not allow this room").await;
+            return self
+                .error(id, ErrorCode::Forbidden, "token does not allow this room")
+                .await;
         }
         if self.rooms.contains(&room) {
             return self.reply(ServerFrame::Ok { id }).await;
         }
         if self.rooms.len() >= self.node.config.limits.max_rooms_per_socket {
-            return self.error(id, ErrorCode::TooManyRooms, "room limit per socket reached").await;
+            return self
+                .error(id, ErrorCode::TooManyRooms, "room limit per socket reached")
+                .await;
         }
-        match self.node.hub.subscribe(&Channel::Room(room.clone()), self.id, self.me.clone()).await {
+        match self
+            .node
+            .hub
+            .subscribe(&Channel::Room(room.clone()), self.id, self.me.clone())
+            .await
+        {
             Ok(_) => {
                 self.rooms.insert(room);
                 self.reply(ServerFrame::Ok { id }).await
@@ -367,12 +425,21 @@ where
                 self.error(id, ErrorCode::BadToken, e.message()).await
             }
             Ok(identity) if identity.user != self.user => {
-                metrics.auth_failures.with_label_values(&["sub_mismatch"]).inc();
-                self.error(id, ErrorCode::SubMismatch, "refresh token names another user").await
+                metrics
+                    .auth_failures
+                    .with_label_values(&["sub_mismatch"])
+                    .inc();
+                self.error(
+                    id,
+                    ErrorCode::SubMismatch,
+                    "refresh token names another user",
+                )
+                .await
             }
             Ok(identity) => {
                 // Rooms already joined stay joined; the new grants apply to later subscribes.
-                self.expires = deadline_of(identity.expires_at + self.node.config.auth.leeway_seconds);
+                self.expires =
+                    deadline_of(identity.expires_at + self.node.config.auth.leeway_seconds);
                 self.rooms_grant = identity.rooms;
                 self.publish_grant = identity.publish;
                 self.reply(ServerFrame::Ok { id }).await
@@ -381,8 +448,17 @@ where
     }
 
     async fn error(&mut self, id: Option<RequestId>, code: ErrorCode, message: &str) -> Flow {
-        self.node.metrics.errors_sent.with_label_values(&[code.code()]).inc();
-        self.reply(ServerFrame::Error { id, code, message: message.to_string() }).await
+        self.node
+            .metrics
+            .errors_sent
+            .with_label_values(&[code.code()])
+            .inc();
+        self.reply(ServerFrame::Error {
+            id,
+            code,
+            message: message.to_string(),
+        })
+        .await
     }
 
     async fn reply(&mut self, frame: ServerFrame) -> Flow {
@@ -406,9 +482,16 @@ where
     /// client sees the code; a peer that never answers is dropped.
     async fn close(&mut self, reason: Disconnect) {
         self.node.metrics.closed(reason);
-        let frame = CloseFrame { code: CloseCode::from(reason.code()), reason: reason.reason().into() };
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.reason().into(),
+        };
         // A peer that missed its heartbeats will not answer: do not wait for it.
-        let linger = if reason == Disconnect::HeartbeatTimeout { Duration::from_secs(1) } else { CLOSE_LINGER };
+        let linger = if reason == Disconnect::HeartbeatTimeout {
+            Duration::from_secs(1)
+        } else {
+            CLOSE_LINGER
+        };
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(linger, async {
             if ws.close(Some(frame)).await.is_ok() {
@@ -424,7 +507,8 @@ where
             hub.unsubscribe(&Channel::Room(room), self.id).await;
         }
         if self.user_joined {
-            hub.unsubscribe(&Channel::User(self.user.clone()), self.id).await;
+            hub.unsubscribe(&Channel::User(self.user.clone()), self.id)
+                .await;
         }
         hub.unregister(self.id);
     }

@@ -147,7 +147,8 @@ fn exported(metrics: &str) -> BTreeSet<String> {
 /// gateway exports, and is skipped.
 fn referenced(text: &str) -> BTreeSet<String> {
     let bytes = text.as_bytes();
-    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    // A name preceded by `$` is a variable (nginx, shell), not a metric.
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':' || b == b'$';
     let mut names = BTreeSet::new();
     for prefix in ["gateway_", "process_"] {
         for (at, _) in text.match_indices(prefix) {
@@ -394,7 +395,7 @@ fn the_checks_above_would_catch_a_mistake() {
     .map(String::from)
     .into();
     let refs = referenced(
-        r#"{"expr": "sum(gateway_sockets_opn) / instance:gateway_x:p99 + histogram_quantile(0.9, gateway_fanout_latency_seconds_bucket)"}"#,
+        r#"{"expr": "sum(gateway_sockets_opn) / instance:gateway_x:p99 + $gateway_source + histogram_quantile(0.9, gateway_fanout_latency_seconds_bucket)"}"#,
     );
     assert_eq!(
         refs,

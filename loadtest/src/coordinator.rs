@@ -7,12 +7,13 @@
 //! events land (bounded), stops the workers and still writes the report; a
 //! second Ctrl-C skips the wait.
 
+mod timeline;
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::Stdio;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command as ProcessCommand};
 use tokio::sync::{mpsc, watch};
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use crate::publish::{PublishError, PublishOutcome, Publisher};
 use crate::report::{self, Report, Sample};
 use crate::scenario::Plan;
-use crate::stats::{self, Progress, WorkerResult};
+use crate::stats::{Progress, WorkerResult};
 use crate::token::{self, TokenEntry};
 use crate::worker::{Command, WorkerMsg, WorkerSpec};
 
@@ -154,7 +155,7 @@ async fn spawn_worker(
 }
 
 /// Human number: 1234567 -> 1.23M.
-fn human(v: f64) -> String {
+pub fn human(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e4 {
@@ -260,12 +261,13 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
 
     let tty = std::io::stderr().is_terminal();
     let mut phase = Phase::Ramp;
+    let mut marked_phase = Phase::Ramp;
     let mut deadline = Instant::now() + plan.ramp_timeout;
     let mut notes: Vec<String> = Vec::new();
     let mut interrupted = false;
     let mut ramp_timed_out = false;
-    let mut series: Vec<Sample> = Vec::new();
-    let mut interval = stats::new_hist();
+    let start_us = crate::now_micros();
+    let mut timeline = timeline::Timeline::new(start_us, workers.len());
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -273,6 +275,7 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
     let mut publisher = publisher;
     let mut pub_task: Option<tokio::task::JoinHandle<PublishOutcome>> = None;
     let mut pub_outcome: Option<PublishOutcome> = None;
+    let mut pub_stop_requested = false;
     let mut ramp_s = 0.0;
     let mut load_started: Option<Instant> = None;
     let mut load_s = 0.0;
@@ -326,12 +329,16 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
         {
             deadline = Instant::now();
         }
+        if phase != marked_phase {
+            timeline.phase(phase.name(), crate::now_micros());
+            marked_phase = phase;
+        }
 
         tokio::select! {
             ev = ev_rx.recv() => match ev {
                 Some(Event::Msg(w, msg)) => match msg {
                     WorkerMsg::Progress(p) => {
-                        p.interval.add_to(&mut interval);
+                        timeline.progress(&p);
                         let in_grace = phase == Phase::Grace
                             && grace_started.is_some_and(|g| g.elapsed() >= Duration::from_millis(200));
                         let wp = &mut workers[w as usize];
@@ -363,12 +370,11 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
                 }
             },
             _ = ticker.tick() => {
-                let sample = sample(t0, phase, &workers, &interval);
+                let live = timeline.live();
+                let last = timeline.tick(crate::now_micros()).cloned();
                 if options.progress {
-                    progress_line(&sample, &plan, tty);
+                    progress_line(t0, phase, &live, last.as_ref(), &plan, tty);
                 }
-                series.push(sample);
-                interval.reset();
             }
             r = sig_rx.changed() => {
                 if r.is_err() { continue; }
@@ -411,17 +417,21 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
                         }
                     }
                     Phase::Load => {
-                        if let Some(t) = pub_task.take() {
-                            // The publisher is bounded by its steps; this only
-                            // fires when it is stuck or was interrupted.
+                        // The publisher is bounded by its steps; this fires
+                        // only when it is late (a saturated gateway answers
+                        // slowly) or stuck. Ask it to stop, then give up on it.
+                        if !pub_stop_requested && pub_task.is_some() {
                             let _ = pub_stop_tx.send(true);
-                            match tokio::time::timeout(Duration::from_secs(15), t).await {
-                                Ok(Ok(o)) => pub_outcome = Some(o),
-                                _ => notes.push("publisher did not stop in time; loss numbers exclude tail".into()),
-                            }
+                            pub_stop_requested = true;
+                            deadline = Instant::now() + Duration::from_secs(15);
+                            continue;
+                        }
+                        if let Some(t) = pub_task.take() {
+                            t.abort();
+                            notes.push("publisher did not stop in time; loss excludes the tail".into());
                         }
                         load_s = load_started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-                        if pub_outcome.is_some() {
+                        if plan.publish.is_some() {
                             phase = Phase::Grace;
                             grace_started = Some(Instant::now());
                             deadline = Instant::now() + if interrupted { Duration::from_secs(1) } else { plan.grace };
@@ -479,7 +489,7 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
         notes,
         results: &results,
         publish: pub_outcome.as_ref(),
-        series,
+        series: timeline.finish(crate::now_micros()),
     });
     report::write_all(&report, &plan.out_dir).map_err(RunError::Output)?;
     Ok(report)
@@ -497,49 +507,32 @@ async fn stop_workers(
     }
 }
 
-fn sample(t0: Instant, phase: Phase, workers: &[WorkerProc], interval: &Histogram<u64>) -> Sample {
-    let p = stats::Percentiles::of(interval);
-    let sum = |f: fn(&Progress) -> u64| {
-        workers
-            .iter()
-            .filter_map(|w| w.last.as_ref())
-            .map(f)
-            .sum::<u64>()
-    };
-    Sample {
-        t_s: t0.elapsed().as_secs_f64(),
-        phase: phase.name().to_owned(),
-        open: sum(|p| p.open),
-        connected: sum(|p| p.connected),
-        connect_errors: sum(|p| p.connect_errors),
-        disconnects: sum(|p| p.disconnects),
-        events: p.count,
-        p50_us: p.p50_us,
-        p90_us: p.p90_us,
-        p99_us: p.p99_us,
-        p999_us: p.p999_us,
-        max_us: p.max_us,
-        worker_rss_kb: sum(|p| p.rss_kb),
-    }
-}
-
-fn progress_line(s: &Sample, plan: &Plan, tty: bool) {
-    let p99 = if s.events > 0 {
-        human_us(s.p99_us)
-    } else {
-        "-".into()
+fn progress_line(
+    t0: Instant,
+    phase: Phase,
+    live: &timeline::Gauges,
+    last: Option<&Sample>,
+    plan: &Plan,
+    tty: bool,
+) {
+    // Events and latency come from the newest closed second (two seconds
+    // behind), socket gauges from the newest lines.
+    let (events, p99) = match last {
+        Some(s) if s.events > 0 => (s.events, human_us(s.p99_us)),
+        Some(s) => (s.events, "-".into()),
+        None => (0, "-".into()),
     };
     let line = format!(
         "[{:>5.0}s] {:<5} sockets {}/{}  ev/s {}  p99 {}  conn-err {}  disconn {}  rss {} MiB",
-        s.t_s,
-        s.phase,
-        s.open,
+        t0.elapsed().as_secs_f64(),
+        phase.name(),
+        live.open,
         plan.sockets,
-        human(s.events as f64),
+        human(events as f64),
         p99,
-        s.connect_errors,
-        s.disconnects,
-        s.worker_rss_kb / 1024
+        live.connect_errors,
+        live.disconnects,
+        live.rss_kb / 1024
     );
     if tty {
         eprint!("\r\x1b[2K{line}");

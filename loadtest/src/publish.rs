@@ -133,6 +133,8 @@ pub struct StepOutcome {
     pub rate: f64,
     /// Events handed to lanes in this step.
     pub due: u64,
+    /// Events of this step skipped because the lane was still busy.
+    pub behind: u64,
     /// Seconds since publishing began when the step started.
     pub started_s: f64,
     /// How long the step ran.
@@ -169,8 +171,9 @@ pub struct Publisher {
     route: Vec<usize>,
 }
 
-/// Queue depth per lane; beyond it ticks are skipped, not buffered.
-const LANE_QUEUE: usize = 4096;
+/// Queue depth per lane; beyond it ticks are skipped, not buffered, so a
+/// saturated gateway shows up as `behind` and the run still ends on time.
+const LANE_QUEUE: usize = 256;
 
 impl Publisher {
     /// Opens the connections (and checks them: a test publish over HTTP,
@@ -287,6 +290,7 @@ impl Publisher {
                         };
                         if senders[route[channel]].try_send(d).is_err() {
                             out.behind += 1;
+                            so.behind += 1;
                         } else {
                             so.due += 1;
                         }

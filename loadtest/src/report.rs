@@ -169,6 +169,8 @@ pub struct StepReport {
     pub seconds: f64,
     /// Events published in the step.
     pub published: u64,
+    /// Events of the step the publisher could not send in time.
+    pub behind: u64,
     /// Deliveries measured for the step's events.
     pub delivered: u64,
     /// Deliveries per second.
@@ -335,6 +337,7 @@ pub fn build(i: Inputs<'_>) -> Report {
                     rate: s.rate,
                     seconds: s.seconds,
                     published: s.due,
+                    behind: s.behind,
                     delivered: lat.count,
                     delivered_per_s: per_s(lat.count, s.seconds),
                     latency: lat,

@@ -198,6 +198,8 @@ pub struct WorkerResult {
 pub struct Progress {
     /// Worker index.
     pub worker: u64,
+    /// When the interval was cut, unix micros (the worker's clock).
+    pub at_us: u64,
     /// Sockets open now.
     pub open: u64,
     /// Sockets connected so far.

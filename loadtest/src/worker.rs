@@ -416,6 +416,7 @@ async fn run(spec: WorkerSpec) {
                 s.peak_rss_kb.fetch_max(rss, Ordering::Relaxed);
                 let p = Progress {
                     worker,
+                    at_us: crate::now_micros(),
                     open: s.open.load(Ordering::Relaxed),
                     connected: s.connected.load(Ordering::Relaxed),
                     settled: s.settled.load(Ordering::Relaxed),

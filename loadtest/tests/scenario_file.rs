@@ -201,8 +201,8 @@ fn big_runs_get_workers_and_source_addresses() {
         "100k sockets need >= 6 workers of 18k, got {}",
         plan.workers
     );
-    assert_eq!(plan.source_ips.len(), 4);
-    assert_eq!(plan.source_ips[3], "127.0.0.4".parse::<IpAddr>().unwrap());
+    assert_eq!(plan.source_ips.len(), 20);
+    assert_eq!(plan.source_ips[19], "127.0.0.20".parse::<IpAddr>().unwrap());
 
     let s = Settings {
         sockets: Some(100_000),
@@ -252,4 +252,23 @@ fn a_tokens_file_replaces_the_secret() {
     let err = Plan::build(Some(Scenario::Connect), s, false, &env(&[])).unwrap_err();
     assert!(err.problems.iter().any(|p| p.starts_with("tokens_file")));
     assert!(!err.problems.iter().any(|p| p.starts_with("secret")));
+}
+
+#[test]
+fn shipped_scenario_files_are_valid_plans() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let e = env(&[("LOADTEST_SECRET", "s"), ("LOADTEST_API_KEY", "k")]);
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let settings = Settings::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let plan = Plan::build(None, no_config().overlay(settings), false, &e)
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        assert!(plan.max_runtime < Duration::from_secs(3600), "{} is not bounded", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 6, "expected one file per scenario, found {seen}");
 }

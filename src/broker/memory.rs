@@ -29,7 +29,14 @@ impl MemoryBroker {
     pub fn new(capacity: usize) -> (Arc<MemoryBroker>, Inbound) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (state, _) = watch::channel(BrokerState::Up);
-        (Arc::new(MemoryBroker { subscribed: Mutex::new(HashSet::new()), tx, state }), rx)
+        (
+            Arc::new(MemoryBroker {
+                subscribed: Mutex::new(HashSet::new()),
+                tx,
+                state,
+            }),
+            rx,
+        )
     }
 
     fn subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<Channel>> {
@@ -53,7 +60,11 @@ impl Broker for MemoryBroker {
         if !interested {
             return Ok(());
         }
-        let publication = Publication { channel, payload, received_at: Instant::now() };
+        let publication = Publication {
+            channel,
+            payload,
+            received_at: Instant::now(),
+        };
         self.tx.try_send(publication).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
@@ -80,14 +91,23 @@ mod tests {
         let lobby = Channel::Room(RoomName::parse("lobby").unwrap());
         let other = Channel::Room(RoomName::parse("other").unwrap());
         broker.subscribe(&lobby).await.unwrap();
-        broker.publish(other.clone(), Bytes::from_static(b"0")).unwrap();
+        broker
+            .publish(other.clone(), Bytes::from_static(b"0"))
+            .unwrap();
         for i in 0..3 {
-            broker.publish(lobby.clone(), Bytes::from(i.to_string())).unwrap();
+            broker
+                .publish(lobby.clone(), Bytes::from(i.to_string()))
+                .unwrap();
         }
-        broker.publish(Channel::Broadcast, Bytes::from_static(b"b")).unwrap();
+        broker
+            .publish(Channel::Broadcast, Bytes::from_static(b"b"))
+            .unwrap();
         for i in 0..3 {
             let p = rx.recv().await.unwrap();
-            assert_eq!((p.channel.clone(), p.payload), (lobby.clone(), Bytes::from(i.to_string())));
+            assert_eq!(
+                (p.channel.clone(), p.payload),
+                (lobby.clone(), Bytes::from(i.to_string()))
+            );
         }
         assert_eq!(rx.recv().await.unwrap().channel, Channel::Broadcast);
         broker.unsubscribe(&lobby).await.unwrap();
@@ -97,7 +117,12 @@ mod tests {
     #[test]
     fn a_full_queue_is_an_error_not_a_wait() {
         let (broker, _rx) = MemoryBroker::new(1);
-        broker.publish(Channel::Broadcast, Bytes::from_static(b"1")).unwrap();
-        assert_eq!(broker.publish(Channel::Broadcast, Bytes::from_static(b"2")), Err(BrokerError::Overloaded));
+        broker
+            .publish(Channel::Broadcast, Bytes::from_static(b"1"))
+            .unwrap();
+        assert_eq!(
+            broker.publish(Channel::Broadcast, Bytes::from_static(b"2")),
+            Err(BrokerError::Overloaded)
+        );
     }
 }

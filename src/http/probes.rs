@@ -28,12 +28,17 @@ pub fn metrics(node: &Node) -> HttpResponse {
     node.metrics.ready.set(i64::from(node.readiness().is_ok()));
     let mut buf = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&node.registry.gather(), &mut buf) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string());
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        );
     }
     let mut response = Response::new(Full::new(Bytes::from(buf)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     *response.status_mut() = StatusCode::OK;
     response
 }

@@ -29,43 +29,87 @@ struct Body<'a> {
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
     let keys = &node.config.api.keys;
     if keys.is_empty() {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the publish API is disabled: configure api.keys");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the publish API is disabled: configure api.keys",
+        );
     }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .unwrap_or("");
-    if !keys.iter().any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or unknown API key");
+    if !keys
+        .iter()
+        .any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown API key",
+        );
     }
     // A publication must fit in one WebSocket frame, plus room for the envelope.
     let limit = node.config.websocket.max_frame_bytes + 1024;
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body exceeds websocket.max_frame_bytes");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "body exceeds websocket.max_frame_bytes",
+        );
     }
     let body: Bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body exceeds websocket.max_frame_bytes"),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "body exceeds websocket.max_frame_bytes",
+            );
+        }
     };
     let parsed: Body = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("expected {{\"channel\":..,\"data\":..}}: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("expected {{\"channel\":..,\"data\":..}}: {e}"),
+            );
+        }
     };
     let Some(channel) = Channel::parse(parsed.channel) else {
-        return error(StatusCode::BAD_REQUEST, "bad_channel", "channel must be room:<R>, user:<U> or broadcast");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_channel",
+            "channel must be room:<R>, user:<U> or broadcast",
+        );
     };
     let payload = Bytes::copy_from_slice(parsed.data.get().as_bytes());
     match node.broker().publish(channel, payload) {
         Ok(()) => {
-            node.metrics.publications_in.with_label_values(&["http"]).inc();
+            node.metrics
+                .publications_in
+                .with_label_values(&["http"])
+                .inc();
             json(StatusCode::ACCEPTED, r#"{"ok":true}"#.into())
         }
         Err(e) => {
             node.metrics.broker_publish_errors.inc();
-            let code = if e == BrokerError::Overloaded { "overloaded" } else { "broker_unavailable" };
+            let code = if e == BrokerError::Overloaded {
+                "overloaded"
+            } else {
+                "broker_unavailable"
+            };
             error(StatusCode::SERVICE_UNAVAILABLE, code, &e.to_string())
         }
     }

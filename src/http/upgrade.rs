@@ -37,7 +37,11 @@ struct Refused {
 
 impl Refused {
     fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refused {
-        Refused { status, reason, message: message.into() }
+        Refused {
+            status,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -45,7 +49,10 @@ impl Refused {
 pub fn handle(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
     match admit(&node, peer, &req) {
         Err(refused) => {
-            node.metrics.upgrades_refused.with_label_values(&[refused.reason]).inc();
+            node.metrics
+                .upgrades_refused
+                .with_label_values(&[refused.reason])
+                .inc();
             error(refused.status, refused.reason, &refused.message)
         }
         Ok((admitted, key)) => {
@@ -63,11 +70,17 @@ pub fn handle(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
                     tracing::error!("upgraded connection is not a TcpStream");
                     return;
                 };
+                // `read_buf` may be a view into hyper's whole read buffer: copy
+                // out the few bytes and let the buffer go, or every socket keeps it.
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                let read_ahead = read_buf.to_vec();
+                drop(read_buf);
+                let config = ws_config(&task_node.config);
                 let ws = WebSocketStream::from_partially_read(
-                    parts.io.into_inner(),
-                    parts.read_buf.to_vec(),
+                    io.into_inner(),
+                    read_ahead,
                     Role::Server,
-                    Some(ws_config(&task_node.config)),
+                    Some(config),
                 )
                 .await;
                 session::run(task_node, ws, admitted).await;
@@ -81,7 +94,10 @@ pub fn handle(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
             }
             if offered {
-                h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(format.subprotocol()));
+                h.insert(
+                    header::SEC_WEBSOCKET_PROTOCOL,
+                    HeaderValue::from_static(format.subprotocol()),
+                );
             }
             response
         }
@@ -100,44 +116,95 @@ pub fn ws_config(cfg: &Config) -> WebSocketConfig {
         .max_frame_size(Some(ws.max_frame_bytes))
 }
 
-fn admit(node: &Arc<Node>, peer: SocketAddr, req: &Request<Incoming>) -> Result<(Admitted, String), Refused> {
+fn admit(
+    node: &Arc<Node>,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<(Admitted, String), Refused> {
     let headers = req.headers();
     let key = check_handshake(req)?;
     match node.readiness() {
         Ok(()) => {}
         Err(NotReady::Draining) => {
-            return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining: reconnect to another node"));
+            return Err(Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "node is draining: reconnect to another node",
+            ));
         }
         Err(NotReady::Full) => {
-            return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", NotReady::Full.message()));
+            return Err(Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capacity",
+                NotReady::Full.message(),
+            ));
         }
         Err(NotReady::BrokerDown) => {
-            return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", NotReady::BrokerDown.message()));
+            return Err(Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                NotReady::BrokerDown.message(),
+            ));
         }
     }
     node.limits.check_node().map_err(refusal)?;
     check_origin(&node.config.server.allowed_origins, headers)?;
     let format = Format::negotiate(header_str(headers, &header::SEC_WEBSOCKET_PROTOCOL))
-        .map_err(|()| Refused::new(StatusCode::BAD_REQUEST, "bad_request", "offered subprotocols must include v1.json or v1.msgpack"))?
+        .map_err(|()| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "offered subprotocols must include v1.json or v1.msgpack",
+            )
+        })?
         .unwrap_or(Format::Json);
     let identity = match token(req, node.config.auth.allow_query_token) {
         None => Err(AuthError::Missing),
         Some(token) => node.verifier.verify(token),
     }
     .map_err(|e| {
-        node.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+        node.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
         Refused::new(StatusCode::UNAUTHORIZED, "unauthorized", e.message())
     })?;
-    let permit = node.limits.admit(peer.ip(), &identity.user).map_err(refusal)?;
-    Ok((Admitted { identity, format, permit }, key))
+    let permit = node
+        .limits
+        .admit(peer.ip(), &identity.user)
+        .map_err(refusal)?;
+    Ok((
+        Admitted {
+            identity,
+            format,
+            permit,
+        },
+        key,
+    ))
 }
 
 fn refusal(r: Refusal) -> Refused {
     match r {
-        Refusal::Capacity => Refused::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", "node at connection capacity"),
-        Refusal::Rate => Refused::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "connection rate limit reached, retry later"),
-        Refusal::PerIp => Refused::new(StatusCode::TOO_MANY_REQUESTS, "ip_limit", "too many sockets from this address"),
-        Refusal::PerUser => Refused::new(StatusCode::TOO_MANY_REQUESTS, "user_limit", "too many sockets for this user"),
+        Refusal::Capacity => Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity",
+            "node at connection capacity",
+        ),
+        Refusal::Rate => Refused::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "connection rate limit reached, retry later",
+        ),
+        Refusal::PerIp => Refused::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ip_limit",
+            "too many sockets from this address",
+        ),
+        Refusal::PerUser => Refused::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_limit",
+            "too many sockets for this user",
+        ),
     }
 }
 
@@ -161,11 +228,19 @@ fn check_handshake(req: &Request<Incoming>) -> Result<String, Refused> {
     if req.method() != Method::GET {
         return Err(bad("WebSocket upgrades use GET"));
     }
-    if !has_token(headers, &header::UPGRADE, "websocket") || !has_token(headers, &header::CONNECTION, "upgrade") {
-        return Err(bad("expected a WebSocket upgrade request (Upgrade: websocket)"));
+    if !has_token(headers, &header::UPGRADE, "websocket")
+        || !has_token(headers, &header::CONNECTION, "upgrade")
+    {
+        return Err(bad(
+            "expected a WebSocket upgrade request (Upgrade: websocket)",
+        ));
     }
     if header_str(headers, &header::SEC_WEBSOCKET_VERSION) != Some("13") {
-        return Err(Refused::new(StatusCode::UPGRADE_REQUIRED, "bad_request", "Sec-WebSocket-Version must be 13"));
+        return Err(Refused::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "Sec-WebSocket-Version must be 13",
+        ));
     }
     match header_str(headers, &header::SEC_WEBSOCKET_KEY) {
         Some(key) if !key.is_empty() => Ok(key.to_string()),
@@ -182,8 +257,18 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), Refused> 
     }
     match header_str(headers, &header::ORIGIN) {
         None => Ok(()),
-        Some(origin) if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) => Ok(()),
-        Some(_) => Err(Refused::new(StatusCode::FORBIDDEN, "forbidden_origin", "origin not allowed")),
+        Some(origin)
+            if allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "origin not allowed",
+        )),
     }
 }
 
@@ -191,7 +276,10 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), Refused> 
 fn token(req: &Request<Incoming>, allow_query: bool) -> Option<&str> {
     if let Some(value) = header_str(req.headers(), &header::AUTHORIZATION) {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
     }
     if !allow_query {
         return None;

@@ -73,11 +73,15 @@ struct WireIn<D> {
 /// Decodes one inbound WebSocket message. `binary` selects MessagePack.
 pub fn decode_client_frame(payload: &[u8], binary: bool) -> Result<ClientFrame, DecodeError> {
     if binary {
-        let wire: WireIn<serde_json::Value> = rmp_serde::from_slice(payload).map_err(|e| DecodeError {
-            message: format!("malformed MessagePack frame: {e}"),
-            id: None,
-        })?;
-        let data = wire.data.as_ref().map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
+        let wire: WireIn<serde_json::Value> =
+            rmp_serde::from_slice(payload).map_err(|e| DecodeError {
+                message: format!("malformed MessagePack frame: {e}"),
+                id: None,
+            })?;
+        let data = wire
+            .data
+            .as_ref()
+            .map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
         into_frame(wire.kind, wire.id, wire.room, wire.token, data)
     } else {
         let text = std::str::from_utf8(payload).map_err(|_| DecodeError {
@@ -88,7 +92,9 @@ pub fn decode_client_frame(payload: &[u8], binary: bool) -> Result<ClientFrame, 
             message: format!("malformed JSON frame: {e}"),
             id: None,
         })?;
-        let data = wire.data.map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
+        let data = wire
+            .data
+            .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
         into_frame(wire.kind, wire.id, wire.room, wire.token, data)
     }
 }
@@ -100,8 +106,13 @@ fn into_frame(
     token: Option<String>,
     data: Option<Bytes>,
 ) -> Result<ClientFrame, DecodeError> {
-    let missing = |field: &str, id: Option<RequestId>| DecodeError { message: format!("missing field `{field}`"), id };
-    let Some(kind) = kind else { return Err(missing("type", id)) };
+    let missing = |field: &str, id: Option<RequestId>| DecodeError {
+        message: format!("missing field `{field}`"),
+        id,
+    };
+    let Some(kind) = kind else {
+        return Err(missing("type", id));
+    };
     match kind.as_str() {
         "subscribe" => match room {
             Some(room) => Ok(ClientFrame::Subscribe { room, id }),
@@ -122,7 +133,10 @@ fn into_frame(
         },
         "ping" => Ok(ClientFrame::Ping { id }),
         other => Err(DecodeError {
-            message: format!("unknown frame type `{}`", other.chars().take(32).collect::<String>()),
+            message: format!(
+                "unknown frame type `{}`",
+                other.chars().take(32).collect::<String>()
+            ),
             id,
         }),
     }
@@ -131,7 +145,12 @@ fn into_frame(
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum WireOut<'a> {
-    Welcome { conn: &'a str, user: &'a str, node: &'a str, heartbeat: u64 },
+    Welcome {
+        conn: &'a str,
+        user: &'a str,
+        node: &'a str,
+        heartbeat: u64,
+    },
     Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
@@ -152,11 +171,23 @@ enum WireOut<'a> {
 /// nothing to share; events go through [`super::Event`] instead).
 pub fn encode_server_frame(format: Format, frame: &ServerFrame) -> Message {
     let wire = match frame {
-        ServerFrame::Welcome { conn, user, node, heartbeat } => {
-            WireOut::Welcome { conn, user, node, heartbeat: *heartbeat }
-        }
+        ServerFrame::Welcome {
+            conn,
+            user,
+            node,
+            heartbeat,
+        } => WireOut::Welcome {
+            conn,
+            user,
+            node,
+            heartbeat: *heartbeat,
+        },
         ServerFrame::Ok { id } => WireOut::Ok { id: id.as_ref() },
-        ServerFrame::Error { id, code, message } => WireOut::Error { id: id.as_ref(), code: code.code(), message },
+        ServerFrame::Error { id, code, message } => WireOut::Error {
+            id: id.as_ref(),
+            code: code.code(),
+            message,
+        },
         ServerFrame::Pong { id } => WireOut::Pong { id: id.as_ref() },
     };
     match format {
@@ -176,21 +207,37 @@ mod tests {
         let f = |s: &str| decode_client_frame(s.as_bytes(), false);
         assert_eq!(
             f(r#"{"type":"subscribe","room":"lobby","id":1}"#).unwrap(),
-            ClientFrame::Subscribe { room: "lobby".into(), id: Some(1.into()) }
+            ClientFrame::Subscribe {
+                room: "lobby".into(),
+                id: Some(1.into())
+            }
         );
         assert_eq!(
             f(r#"{"type":"unsubscribe","room":"lobby"}"#).unwrap(),
-            ClientFrame::Unsubscribe { room: "lobby".into(), id: None }
+            ClientFrame::Unsubscribe {
+                room: "lobby".into(),
+                id: None
+            }
         );
         assert_eq!(
             f(r#"{"type":"publish","room":"lobby","data":{"a": [1, 2]},"id":"x"}"#).unwrap(),
-            ClientFrame::Publish { room: "lobby".into(), data: Bytes::from(r#"{"a": [1, 2]}"#), id: Some("x".into()) }
+            ClientFrame::Publish {
+                room: "lobby".into(),
+                data: Bytes::from(r#"{"a": [1, 2]}"#),
+                id: Some("x".into())
+            }
         );
         assert_eq!(
             f(r#"{"type":"refresh","token":"t","id":4}"#).unwrap(),
-            ClientFrame::Refresh { token: "t".into(), id: Some(4.into()) }
+            ClientFrame::Refresh {
+                token: "t".into(),
+                id: Some(4.into())
+            }
         );
-        assert_eq!(f(r#"{"type":"ping","id":5}"#).unwrap(), ClientFrame::Ping { id: Some(5.into()) });
+        assert_eq!(
+            f(r#"{"type":"ping","id":5}"#).unwrap(),
+            ClientFrame::Ping { id: Some(5.into()) }
+        );
     }
 
     #[test]
@@ -216,28 +263,55 @@ mod tests {
             data: serde_json::Value,
             id: u32,
         }
-        let bin = rmp_serde::to_vec_named(&P { r#type: "publish", room: "lobby", data: serde_json::json!({"n": 1}), id: 3 })
-            .unwrap();
+        let bin = rmp_serde::to_vec_named(&P {
+            r#type: "publish",
+            room: "lobby",
+            data: serde_json::json!({"n": 1}),
+            id: 3,
+        })
+        .unwrap();
         assert_eq!(
             decode_client_frame(&bin, true).unwrap(),
-            ClientFrame::Publish { room: "lobby".into(), data: Bytes::from(r#"{"n":1}"#), id: Some(3.into()) }
+            ClientFrame::Publish {
+                room: "lobby".into(),
+                data: Bytes::from(r#"{"n":1}"#),
+                id: Some(3.into())
+            }
         );
     }
 
     #[test]
     fn golden_reply_frames() {
-        let text = |f: &ServerFrame| encode_server_frame(Format::Json, f).into_text().unwrap().to_string();
-        assert_eq!(text(&ServerFrame::Ok { id: Some(1.into()) }), r#"{"type":"ok","id":1}"#);
+        let text = |f: &ServerFrame| {
+            encode_server_frame(Format::Json, f)
+                .into_text()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            text(&ServerFrame::Ok { id: Some(1.into()) }),
+            r#"{"type":"ok","id":1}"#
+        );
         assert_eq!(text(&ServerFrame::Pong { id: None }), r#"{"type":"pong"}"#);
         assert_eq!(
-            text(&ServerFrame::Error { id: Some(1.into()), code: ErrorCode::Forbidden, message: "no".into() }),
+            text(&ServerFrame::Error {
+                id: Some(1.into()),
+                code: ErrorCode::Forbidden,
+                message: "no".into()
+            }),
             r#"{"type":"error","id":1,"code":"forbidden","message":"no"}"#
         );
         assert_eq!(
-            text(&ServerFrame::Welcome { conn: "c1".into(), user: "alice".into(), node: "n1".into(), heartbeat: 25 }),
+            text(&ServerFrame::Welcome {
+                conn: "c1".into(),
+                user: "alice".into(),
+                node: "n1".into(),
+                heartbeat: 25
+            }),
             r#"{"type":"welcome","conn":"c1","user":"alice","node":"n1","heartbeat":25}"#
         );
-        let bin = encode_server_frame(Format::MsgPack, &ServerFrame::Ok { id: Some(1.into()) }).into_data();
+        let bin = encode_server_frame(Format::MsgPack, &ServerFrame::Ok { id: Some(1.into()) })
+            .into_data();
         let v: serde_json::Value = rmp_serde::from_slice(&bin).unwrap();
         assert_eq!(v, serde_json::json!({"type":"ok","id":1}));
     }
@@ -245,8 +319,14 @@ mod tests {
     #[test]
     fn subprotocol_negotiation() {
         assert_eq!(Format::negotiate(None), Ok(None));
-        assert_eq!(Format::negotiate(Some("v1.msgpack")), Ok(Some(Format::MsgPack)));
-        assert_eq!(Format::negotiate(Some("chat, v1.json")), Ok(Some(Format::Json)));
+        assert_eq!(
+            Format::negotiate(Some("v1.msgpack")),
+            Ok(Some(Format::MsgPack))
+        );
+        assert_eq!(
+            Format::negotiate(Some("chat, v1.json")),
+            Ok(Some(Format::Json))
+        );
         assert_eq!(Format::negotiate(Some("v2.json")), Err(()));
     }
 }

@@ -39,14 +39,24 @@ pub struct Event {
 impl Event {
     /// Validates the payload once; non-JSON payloads become a JSON string.
     pub fn new(publication: Publication) -> Event {
-        let Publication { channel, payload, received_at } = publication;
+        let Publication {
+            channel,
+            payload,
+            received_at,
+        } = publication;
         let data = if is_json(&payload) {
             payload
         } else {
             let text = String::from_utf8_lossy(&payload);
             Bytes::from(serde_json::to_vec(&text).unwrap_or_default())
         };
-        Event { channel, data, received_at, json: OnceLock::new(), msgpack: OnceLock::new() }
+        Event {
+            channel,
+            data,
+            received_at,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
     }
 
     /// The channel this event is for.
@@ -91,8 +101,14 @@ impl Event {
             data: &'a serde_json::Value,
         }
         let value: serde_json::Value = serde_json::from_slice(&self.data).unwrap_or_default();
-        let wire = Wire { r#type: "event", channel: self.channel.to_string(), data: &value };
-        Message::Binary(Bytes::from(rmp_serde::to_vec_named(&wire).unwrap_or_default()))
+        let wire = Wire {
+            r#type: "event",
+            channel: self.channel.to_string(),
+            data: &value,
+        };
+        Message::Binary(Bytes::from(
+            rmp_serde::to_vec_named(&wire).unwrap_or_default(),
+        ))
     }
 }
 
@@ -134,7 +150,8 @@ mod tests {
             r#"{"type":"event","channel":"room:lobby","data":"hello \"world\""}"#
         );
         let bad_utf8 = event(b"\"\xff\"");
-        let v: serde_json::Value = serde_json::from_str(bad_utf8.message(Format::Json).to_text().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(bad_utf8.message(Format::Json).to_text().unwrap()).unwrap();
         assert!(v["data"].is_string());
     }
 
@@ -145,24 +162,35 @@ mod tests {
             payload: Bytes::from_static(b"1"),
             received_at: Instant::now(),
         });
-        let v: serde_json::Value = serde_json::from_str(e.message(Format::Json).to_text().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(e.message(Format::Json).to_text().unwrap()).unwrap();
         assert_eq!(v["channel"], "user:a\"b");
     }
 
     #[test]
     fn msgpack_holds_the_same_map() {
         let e = event(br#"{"a":[1,"x"]}"#);
-        let v: serde_json::Value = rmp_serde::from_slice(&e.message(Format::MsgPack).clone().into_data()).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"event","channel":"room:lobby","data":{"a":[1,"x"]}}));
+        let v: serde_json::Value =
+            rmp_serde::from_slice(&e.message(Format::MsgPack).clone().into_data()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"event","channel":"room:lobby","data":{"a":[1,"x"]}})
+        );
     }
 
     #[test]
     fn each_format_is_encoded_once_and_shared() {
         let e = event(br#"{"a":1}"#);
-        let (Message::Text(a), Message::Text(b)) = (e.message(Format::Json).clone(), e.message(Format::Json).clone())
-        else {
+        let (Message::Text(a), Message::Text(b)) = (
+            e.message(Format::Json).clone(),
+            e.message(Format::Json).clone(),
+        ) else {
             panic!("text expected")
         };
-        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "clones share one buffer");
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "clones share one buffer"
+        );
     }
 }

@@ -17,8 +17,15 @@ async fn stalling_client(gw: &TestGateway, token: &str) -> Client {
     let socket = TcpSocket::new_v4().unwrap();
     let stream = socket.connect(gw.addr).await.unwrap();
     let req = gw.ws_url(token).into_client_request().unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
-    let mut c = Client { ws, binary: false, protocol: None };
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        binary: false,
+        protocol: None,
+    };
     assert_eq!(c.recv().await["type"], "welcome");
     c
 }
@@ -44,7 +51,10 @@ async fn a_slow_consumer_is_closed_with_4008_and_its_neighbour_gets_everything()
     let reader = tokio::spawn(async move {
         for i in 0..total {
             let e = fast.recv().await;
-            assert_eq!(e["data"]["seq"], i, "the fast socket gets every event, in order");
+            assert_eq!(
+                e["data"]["seq"], i,
+                "the fast socket gets every event, in order"
+            );
             progress_tx.send_replace(i + 1);
         }
         fast
@@ -52,10 +62,16 @@ async fn a_slow_consumer_is_closed_with_4008_and_its_neighbour_gets_everything()
     for i in 0..total {
         progress.wait_for(|read| read + 16 >= i).await.unwrap();
         let payload = json!({"seq": i, "filler": filler}).to_string();
-        gw.node.broker().publish(channel.clone(), Bytes::from(payload)).unwrap();
+        gw.node
+            .broker()
+            .publish(channel.clone(), Bytes::from(payload))
+            .unwrap();
     }
     let _fast = reader.await.unwrap();
-    gw.eventually("slow consumer closed", |n| n.metrics.slow_consumer_closes.get() == 1).await;
+    gw.eventually("slow consumer closed", |n| {
+        n.metrics.slow_consumer_closes.get() == 1
+    })
+    .await;
     assert_eq!(slow.ended().await, Ended::Closed(4008));
     assert_eq!(gw.metric("gateway_closes_total{code=\"4008\"}").await, 1.0);
 }
@@ -77,7 +93,8 @@ async fn tables_are_empty_after_every_kind_of_exit() {
     }
     // Some leave rooms again.
     for c in clients.iter_mut().step_by(3) {
-        c.send(json!({"type": "unsubscribe", "room": "shared", "id": 1})).await;
+        c.send(json!({"type": "unsubscribe", "room": "shared", "id": 1}))
+            .await;
         assert_eq!(c.recv().await["type"], "ok");
     }
     // A slow consumer that will overflow.
@@ -88,7 +105,10 @@ async fn tables_are_empty_after_every_kind_of_exit() {
     for _ in 0..3000 {
         let _ = gw.node.broker().publish(flood.clone(), payload.clone());
     }
-    gw.eventually("slow consumer closed", |n| n.metrics.slow_consumer_closes.get() == 1).await;
+    gw.eventually("slow consumer closed", |n| {
+        n.metrics.slow_consumer_closes.get() == 1
+    })
+    .await;
     drop(slow);
     assert!(gw.node.hub.sizes().conns > 0);
     // Half close politely, half vanish abruptly (TCP dropped, no close frame).

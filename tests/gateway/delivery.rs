@@ -10,9 +10,15 @@ use crate::harness::*;
 async fn connect_many(gw: &TestGateway, n: usize, room: &str) -> Vec<Client> {
     let mut clients = Vec::new();
     for i in 0..n {
-        let mut req = gw.ws_url(&token(&format!("u{i}"), &[room])).into_client_request().unwrap();
+        let mut req = gw
+            .ws_url(&token(&format!("u{i}"), &[room]))
+            .into_client_request()
+            .unwrap();
         if i % 2 == 1 {
-            req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("v1.msgpack"));
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("v1.msgpack"),
+            );
         }
         let mut c = gw.try_connect(req).await.unwrap();
         assert_eq!(c.recv().await["type"], "welcome");
@@ -32,13 +38,22 @@ async fn room_user_and_broadcast_reach_every_socket() {
         alice.push(gw.connect(&token("alice", &[])).await);
     }
 
-    assert_eq!(gw.publish_http("room:lobby", json!({"msg": "hello"})).await, 202);
+    assert_eq!(
+        gw.publish_http("room:lobby", json!({"msg": "hello"})).await,
+        202
+    );
     for c in &mut members {
-        assert_eq!(c.recv().await, json!({"type": "event", "channel": "room:lobby", "data": {"msg": "hello"}}));
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "event", "channel": "room:lobby", "data": {"msg": "hello"}})
+        );
     }
     assert_eq!(gw.publish_http("user:alice", json!(42)).await, 202);
     for c in &mut alice {
-        assert_eq!(c.recv().await, json!({"type": "event", "channel": "user:alice", "data": 42}));
+        assert_eq!(
+            c.recv().await,
+            json!({"type": "event", "channel": "user:alice", "data": 42})
+        );
     }
     assert_eq!(gw.publish_http("broadcast", json!("all")).await, 202);
     let expected = json!({"type": "event", "channel": "broadcast", "data": "all"});
@@ -47,8 +62,15 @@ async fn room_user_and_broadcast_reach_every_socket() {
     }
     // The outsider saw neither the room nor alice's events: broadcast comes first.
     assert_eq!(outsider.recv().await, expected);
-    assert_eq!(gw.metric("gateway_publications_in_total{source=\"http\"}").await, 3.0);
-    assert_eq!(gw.metric("gateway_deliveries_total").await, (40 + 3 + 44) as f64);
+    assert_eq!(
+        gw.metric("gateway_publications_in_total{source=\"http\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        gw.metric("gateway_deliveries_total").await,
+        (40 + 3 + 44) as f64
+    );
 }
 
 #[tokio::test]
@@ -57,7 +79,10 @@ async fn events_of_one_channel_arrive_in_order() {
     let mut clients = connect_many(&gw, 4, "seq").await;
     let channel = gateway::protocol::Channel::parse("room:seq").unwrap();
     for i in 0..500 {
-        gw.node.broker().publish(channel.clone(), bytes::Bytes::from(i.to_string())).unwrap();
+        gw.node
+            .broker()
+            .publish(channel.clone(), bytes::Bytes::from(i.to_string()))
+            .unwrap();
     }
     for c in &mut clients {
         for i in 0..500 {
@@ -77,17 +102,41 @@ async fn publish_api_validates_its_input() {
         }
     };
     let auth = || vec![("authorization", format!("Bearer {API_KEY}"))];
-    assert_eq!(post(vec![], r#"{"channel":"broadcast","data":1}"#).await.0, 401);
-    assert_eq!(post(vec![("authorization", "Bearer wrong".into())], r#"{"channel":"broadcast","data":1}"#).await.0, 401);
+    assert_eq!(
+        post(vec![], r#"{"channel":"broadcast","data":1}"#).await.0,
+        401
+    );
+    assert_eq!(
+        post(
+            vec![("authorization", "Bearer wrong".into())],
+            r#"{"channel":"broadcast","data":1}"#
+        )
+        .await
+        .0,
+        401
+    );
     let (status, body) = post(auth(), r#"{"channel":"room:bad room","data":1}"#).await;
     assert_eq!(status, 400);
     assert!(body.contains("bad_channel"));
     assert_eq!(post(auth(), r#"{"channel":"broadcast"}"#).await.0, 400);
     assert_eq!(post(auth(), "not json").await.0, 400);
-    assert_eq!(post(auth(), r#"{"channel":"broadcast","data":{"a":1}}"#).await, (202, r#"{"ok":true}"#.into()));
+    assert_eq!(
+        post(auth(), r#"{"channel":"broadcast","data":{"a":1}}"#).await,
+        (202, r#"{"ok":true}"#.into())
+    );
     assert_eq!(gw.get("/api/publish").await.0, 405);
-    let big = format!(r#"{{"channel":"broadcast","data":"{}"}}"#, "x".repeat(100_000));
+    let big = format!(
+        r#"{{"channel":"broadcast","data":"{}"}}"#,
+        "x".repeat(100_000)
+    );
     let addr = gw.addr;
-    let (status, _) = http(addr, "POST", "/api/publish", &[("authorization", &format!("Bearer {API_KEY}"))], &big).await;
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/api/publish",
+        &[("authorization", &format!("Bearer {API_KEY}"))],
+        &big,
+    )
+    .await;
     assert_eq!(status, 413);
 }

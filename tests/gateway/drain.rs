@@ -21,33 +21,71 @@ async fn drain_flushes_then_closes_every_socket_with_1012() {
     }
     // A keep-alive HTTP connection opened before the drain still gets answers.
     let mut probe = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(http_on(&mut probe, "GET", "/readyz", &[], "", false).await.0, 200);
+    assert_eq!(
+        http_on(&mut probe, "GET", "/readyz", &[], "", false)
+            .await
+            .0,
+        200
+    );
 
     let lobby = Channel::parse("room:lobby").unwrap();
     for i in 0..20 {
-        gw.node.broker().publish(lobby.clone(), Bytes::from(i.to_string())).unwrap();
+        gw.node
+            .broker()
+            .publish(lobby.clone(), Bytes::from(i.to_string()))
+            .unwrap();
     }
     gw.node.lifecycle.begin_drain();
     let (status, body) = http_on(&mut probe, "GET", "/readyz", &[], "", false).await;
     assert_eq!(status, 503, "{body}");
-    let (status, body) = http_on(&mut probe, "GET", "/ws", &[("upgrade", "websocket"), ("connection", "upgrade"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")], "", false).await;
+    let (status, body) = http_on(
+        &mut probe,
+        "GET",
+        "/ws",
+        &[
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+        false,
+    )
+    .await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("draining"));
 
     for c in &mut clients {
         for i in 0..20 {
-            assert_eq!(c.recv().await["data"], i, "queued events are flushed before the close");
+            assert_eq!(
+                c.recv().await["data"],
+                i,
+                "queued events are flushed before the close"
+            );
         }
         assert_eq!(c.ended().await, Ended::Closed(1012));
     }
-    assert!(tokio::time::timeout(DEADLINE, gw.run).await.unwrap().unwrap(), "every session finished");
-    assert!(TcpStream::connect(gw.addr).await.is_err(), "the listener is closed");
+    assert!(
+        tokio::time::timeout(DEADLINE, gw.run)
+            .await
+            .unwrap()
+            .unwrap(),
+        "every session finished"
+    );
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "the listener is closed"
+    );
     assert_eq!(gw.node.hub.sizes(), Default::default());
 }
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("serve")
         .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
@@ -66,11 +104,20 @@ async fn sigterm_drains_and_exits_zero() {
     }
     let url = format!("ws://{addr}/ws?token={}", token("alice", &[]));
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut c = Client { ws, binary: false, protocol: None };
+    let mut c = Client {
+        ws,
+        binary: false,
+        protocol: None,
+    };
     assert_eq!(c.recv().await["type"], "welcome");
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(c.ended().await, Ended::Closed(1012));
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(exit.code(), Some(0));
 }

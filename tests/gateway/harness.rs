@@ -29,7 +29,10 @@ pub const API_KEY: &str = "test-api-key";
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Signs `claims` with HS256 and the test secret.
@@ -75,7 +78,9 @@ impl TestGateway {
     pub async fn with_capacity(edit: impl FnOnce(&mut Config), capacity: usize) -> TestGateway {
         let mut config = test_config();
         edit(&mut config);
-        let gw: Gateway = app::build(config, prometheus::Registry::new(), capacity).await.expect("gateway builds");
+        let gw: Gateway = app::build(config, prometheus::Registry::new(), capacity)
+            .await
+            .expect("gateway builds");
         let (addr, node) = (gw.addr, gw.node.clone());
         let run = tokio::spawn(gw.run());
         TestGateway { addr, node, run }
@@ -87,7 +92,10 @@ impl TestGateway {
 
     /// Connects and reads the `welcome` frame.
     pub async fn connect(&self, token: &str) -> Client {
-        let mut c = self.try_connect(self.ws_url(token).into_client_request().unwrap()).await.expect("upgrade accepted");
+        let mut c = self
+            .try_connect(self.ws_url(token).into_client_request().unwrap())
+            .await
+            .expect("upgrade accepted");
         let welcome = c.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         c
@@ -97,14 +105,28 @@ impl TestGateway {
         &self,
         request: tokio_tungstenite::tungstenite::handshake::client::Request,
     ) -> Result<Client, (u16, Value)> {
-        match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request)).await.expect("connect in time") {
+        match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")
+        {
             Ok((ws, response)) => {
-                let proto = response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_string());
-                Ok(Client { ws, binary: proto.as_deref() == Some("v1.msgpack"), protocol: proto })
+                let proto = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_string());
+                Ok(Client {
+                    ws,
+                    binary: proto.as_deref() == Some("v1.msgpack"),
+                    protocol: proto,
+                })
             }
             Err(WsError::Http(resp)) => {
                 let status = resp.status().as_u16();
-                let body = resp.body().as_ref().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null)).unwrap_or(Value::Null);
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null);
                 Err((status, body))
             }
             Err(e) => panic!("unexpected connect error: {e}"),
@@ -112,15 +134,26 @@ impl TestGateway {
     }
 
     /// A request for `/ws` with the token in the Authorization header.
-    pub fn request(&self, token: Option<&str>) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-        let mut req = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
+    pub fn request(
+        &self,
+        token: Option<&str>,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        let mut req = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .unwrap();
         if let Some(t) = token {
-            req.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+            );
         }
         req
     }
 
-    pub async fn refused(&self, request: tokio_tungstenite::tungstenite::handshake::client::Request) -> (u16, Value) {
+    pub async fn refused(
+        &self,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> (u16, Value) {
         match self.try_connect(request).await {
             Ok(_) => panic!("upgrade should have been refused"),
             Err(refusal) => refusal,
@@ -130,7 +163,15 @@ impl TestGateway {
     /// `POST /api/publish`; returns the status code.
     pub async fn publish_http(&self, channel: &str, data: Value) -> u16 {
         let body = json!({"channel": channel, "data": data}).to_string();
-        http(self.addr, "POST", "/api/publish", &[("authorization", &format!("Bearer {API_KEY}"))], &body).await.0
+        http(
+            self.addr,
+            "POST",
+            "/api/publish",
+            &[("authorization", &format!("Bearer {API_KEY}"))],
+            &body,
+        )
+        .await
+        .0
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -161,20 +202,36 @@ impl TestGateway {
         })
         .await;
         let m = &self.node.metrics;
-        assert_eq!((m.sockets_open.get(), m.subscriptions.get(), m.channels.get()), (0, 0, 0));
+        assert_eq!(
+            (
+                m.sockets_open.get(),
+                m.subscriptions.get(),
+                m.channels.get()
+            ),
+            (0, 0, 0)
+        );
     }
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
 
 /// A minimal HTTP/1.1 client: one request, `Connection: close`.
-pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let (status, body) = http_on(&mut stream, method, path, headers, body, true).await;
     (status, body)
@@ -188,7 +245,10 @@ pub async fn http_on(
     body: &str,
     close: bool,
 ) -> (u16, String) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if close {
         req.push_str("connection: close\r\n");
     }
@@ -201,21 +261,34 @@ pub async fn http_on(
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk)).await.expect("http response in time").unwrap();
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("http response in time")
+            .unwrap();
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                return (status, String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string());
+                return (
+                    status,
+                    String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string(),
+                );
             }
         }
         if n == 0 {
-            panic!("connection closed before a full response: {}", String::from_utf8_lossy(&buf));
+            panic!(
+                "connection closed before a full response: {}",
+                String::from_utf8_lossy(&buf)
+            );
         }
     }
 }
@@ -277,7 +350,10 @@ impl Client {
     /// Reads until the server closes; returns the close code.
     pub async fn ended(&mut self) -> Ended {
         loop {
-            match tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("close in time") {
+            match tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("close in time")
+            {
                 Some(Ok(Message::Close(Some(frame)))) => return Ended::Closed(frame.code.into()),
                 Some(Ok(Message::Close(None))) => return Ended::Closed(1005),
                 Some(Ok(_)) => continue,
@@ -288,7 +364,8 @@ impl Client {
 
     /// Subscribes and waits for the `ok`.
     pub async fn subscribe(&mut self, room: &str) {
-        self.send(json!({"type": "subscribe", "room": room, "id": room})).await;
+        self.send(json!({"type": "subscribe", "room": room, "id": room}))
+            .await;
         let reply = self.recv().await;
         assert_eq!(reply, json!({"type": "ok", "id": room}));
     }

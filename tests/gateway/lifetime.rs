@@ -10,16 +10,24 @@ use crate::harness::*;
 async fn refresh_needs_a_valid_token_for_the_same_user() {
     let gw = TestGateway::start().await;
     let mut c = gw.connect(&token("alice", &["lobby"])).await;
-    c.send(json!({"type": "refresh", "token": token("mallory", &["*"]), "id": 1})).await;
+    c.send(json!({"type": "refresh", "token": token("mallory", &["*"]), "id": 1}))
+        .await;
     assert_eq!(c.recv().await["code"], "sub_mismatch");
-    c.send(json!({"type": "refresh", "token": "garbage", "id": 2})).await;
+    c.send(json!({"type": "refresh", "token": "garbage", "id": 2}))
+        .await;
     assert_eq!(c.recv().await["code"], "bad_token");
-    c.send(json!({"type": "subscribe", "room": "vip", "id": 3})).await;
+    c.send(json!({"type": "subscribe", "room": "vip", "id": 3}))
+        .await;
     assert_eq!(c.recv().await["code"], "forbidden");
-    c.send(json!({"type": "refresh", "token": token("alice", &["lobby", "vip"]), "id": 4})).await;
+    c.send(json!({"type": "refresh", "token": token("alice", &["lobby", "vip"]), "id": 4}))
+        .await;
     assert_eq!(c.recv().await, json!({"type": "ok", "id": 4}));
     c.subscribe("vip").await;
-    assert_eq!(gw.metric("gateway_auth_failures_total{reason=\"sub_mismatch\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("gateway_auth_failures_total{reason=\"sub_mismatch\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -28,7 +36,9 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
     let short = |sub: &str| sign(&json!({"sub": sub, "exp": now() + 2}));
     let mut expiring = gw.connect(&short("a")).await;
     let mut refreshed = gw.connect(&short("b")).await;
-    refreshed.send(json!({"type": "refresh", "token": token("b", &[]), "id": 1})).await;
+    refreshed
+        .send(json!({"type": "refresh", "token": token("b", &[]), "id": 1}))
+        .await;
     assert_eq!(refreshed.recv().await["type"], "ok");
     assert_eq!(expiring.ended().await, Ended::Closed(4001));
     // The refreshed socket outlives the original expiry.
@@ -60,10 +70,15 @@ async fn a_silent_peer_is_closed_and_removed() {
             }
         }
     });
-    gw.eventually("silent socket removed", |n| n.hub.sizes().conns == 1).await;
+    gw.eventually("silent socket removed", |n| n.hub.sizes().conns == 1)
+        .await;
     stop_tx.send(()).unwrap();
     let mut active = chatter.await.unwrap();
     active.send(json!({"type": "ping", "id": 1})).await;
-    assert_eq!(active.recv().await, json!({"type": "pong", "id": 1}), "the live peer is untouched");
+    assert_eq!(
+        active.recv().await,
+        json!({"type": "pong", "id": 1}),
+        "the live peer is untouched"
+    );
     assert_eq!(gw.metric("gateway_closes_total{code=\"1001\"}").await, 1.0);
 }

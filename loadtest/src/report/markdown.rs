@@ -172,14 +172,18 @@ pub fn render(r: &Report) -> String {
 
     if r.steps.len() > 1 {
         let _ = writeln!(s, "## Rate steps\n");
-        s.push_str("| rate (ev/s) | seconds | published | delivered/s | p50 | p99 | max |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+        s.push_str(
+            "| rate (ev/s) | seconds | published | behind | delivered/s | p50 | p99 | max |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
         for st in &r.steps {
             let _ = writeln!(
                 s,
-                "| {} | {:.1} | {} | {:.0} | {} | {} | {} |",
+                "| {} | {:.1} | {} | {} | {:.0} | {} | {} | {} |",
                 st.rate,
                 st.seconds,
                 st.published,
+                st.behind,
                 st.delivered_per_s,
                 human_us(st.latency.p50_us),
                 human_us(st.latency.p99_us),

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::Sample;
-use crate::coordinator::human_us;
+use crate::coordinator::{human, human_us};
 
 /// One line of a chart.
 pub struct Series<'a> {
@@ -173,7 +173,8 @@ pub fn line_chart(
         esc(y_label)
     );
 
-    // Phase changes.
+    // Phase changes; a label too close to the previous one is left out.
+    let mut last_label = f64::NEG_INFINITY;
     for (x, name) in phases {
         let px = map_x(*x);
         let _ = write!(
@@ -181,6 +182,10 @@ pub fn line_chart(
             r##"<line x1="{px:.1}" x2="{px:.1}" y1="{TOP}" y2="{}" stroke="#bbb" stroke-dasharray="4 3"/>"##,
             TOP + plot_h
         );
+        if px - last_label < 40.0 {
+            continue;
+        }
+        last_label = px;
         let _ = write!(
             svg,
             r##"<text x="{:.1}" y="{}" fill="#777" font-size="10">{}</text>"##,
@@ -325,7 +330,7 @@ pub fn sockets_chart(series: &[Sample]) -> String {
         &lines,
         &phase_marks(series),
         false,
-        &|v| format!("{v}"),
+        &human,
     )
 }
 
@@ -345,7 +350,7 @@ pub fn throughput_chart(series: &[Sample]) -> String {
         &lines,
         &phase_marks(series),
         false,
-        &|v| format!("{v}"),
+        &human,
     )
 }
 

@@ -368,8 +368,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: Job, permit: OwnedSemaphorePermit) {
     let mut stop = ctx.stop.clone();
     ctx.stats.connect_started(now_micros(), job.base);
     let mut state = SocketState::new(ctx.plan.socket_room(job.idx));
+    // Boxed: the handshake's state is large and needed only once; inline, it
+    // would stay in every socket task's future for the socket's whole life.
     let setup = tokio::select! {
-        r = setup(&ctx, &job, &mut state) => Some(r),
+        r = Box::pin(setup(&ctx, &job, &mut state)) => Some(r),
         _ = stop.wait_for(Option::is_some) => None,
     };
     drop(permit);
@@ -398,9 +400,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: Job, permit: OwnedSemaphorePermit) {
 
     if job.base && ctx.plan.socket_is_slow(job.idx) {
         let _ = stop.wait_for(Option::is_some).await;
-        let (events, ending) = drain_slow(&mut ws).await;
+        let (events, ending) = Box::pin(drain_slow(&mut ws)).await;
         ctx.stats.slow_ended(events, ending);
-        close(&mut ws).await;
+        Box::pin(close(&mut ws)).await;
         ctx.stats.closed();
         return;
     }
@@ -431,11 +433,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: Job, permit: OwnedSemaphorePermit) {
     match end {
         End::Stop => {
             ctx.stats.add_delivery(&state.finish(info.as_deref(), true));
-            close(&mut ws).await;
+            Box::pin(close(&mut ws)).await;
         }
         End::Hold => {
             ctx.stats.add_delivery(&state.finish(None, false));
-            close(&mut ws).await;
+            Box::pin(close(&mut ws)).await;
             ctx.stats.churn_closed();
         }
         End::Lost(kind) => {

@@ -1,0 +1,884 @@
+//! The subscriber side: one RESP3 connection per Redis master (one in
+//! classic mode or against a single Redis), a reader per connection that
+//! hands messages to the hub, and the reconciler task that owns the
+//! connections and makes Redis's live subscriptions match the table.
+//!
+//! Passes run one at a time. A quick pass handles the channels changed since
+//! the last one (first/last local subscribers); a full pass re-reads the slot
+//! map, (re)connects masters, re-plans every channel and checks each
+//! connection's subscription count against `CLIENT INFO`. Full passes run on
+//! a timer, on reconnects, on MOVED and when a probe goes quiet, because fred
+//! drops the `sunsubscribe` Redis sends when a slot migrates or a master
+//! fails over: without them those channels would stay deaf, silently.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fred::bytes_utils::Str;
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Message, Value};
+use futures_util::future::join_all;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::Settings;
+use super::names::{Names, slot};
+use super::probe::{self, Fleet, Health, NodeView};
+use super::table::{NodeOps, Table};
+use super::topology::{Addr, Topology};
+use crate::broker::BrokerState;
+use crate::metrics::Metrics;
+use crate::protocol::Publication;
+
+/// Full-pass interval while the broker is down: recovery is noticed sooner.
+const DOWN_INTERVAL: Duration = Duration::from_millis(250);
+/// Channels per classic SUBSCRIBE / UNSUBSCRIBE command.
+const CLASSIC_CHUNK: usize = 1000;
+
+/// State shared by the broker handle, the reconciler, the readers and the prober.
+pub(super) struct Shared {
+    /// Validated settings.
+    pub(super) settings: Arc<Settings>,
+    /// Channel naming.
+    pub(super) names: Names,
+    /// Node metrics (reconnects, resubscribes, inbound lag).
+    pub(super) metrics: Metrics,
+    /// Desired and live subscriptions. A std mutex: held for map operations
+    /// only, never across an await.
+    table: Mutex<Table>,
+    /// Pokes the reconciler when the table changed.
+    wake: Notify,
+    fleet: Mutex<Fleet>,
+    state: watch::Sender<BrokerState>,
+    clock: Instant,
+}
+
+impl Shared {
+    /// Shared state; the broker starts Down.
+    pub(super) fn new(settings: Arc<Settings>, names: Names, metrics: Metrics) -> Shared {
+        Shared {
+            settings,
+            names,
+            metrics,
+            table: Mutex::new(Table::default()),
+            wake: Notify::new(),
+            fleet: Mutex::new(Fleet::default()),
+            state: watch::channel(BrokerState::Down).0,
+            clock: Instant::now(),
+        }
+    }
+
+    /// The subscription table.
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a quick pass.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Watches the broker state.
+    pub(super) fn state(&self) -> watch::Receiver<BrokerState> {
+        self.state.subscribe()
+    }
+
+    /// Nanoseconds on the broker's clock, never 0.
+    pub(super) fn now(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// A snapshot of the connections.
+    pub(super) fn fleet(&self) -> Fleet {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fleet(&self, fleet: Fleet) {
+        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = fleet;
+        self.refresh_state();
+    }
+
+    /// Recomputes Up/Down from the connections' probes.
+    pub(super) fn refresh_state(&self) {
+        let timeout = self.settings.probe_timeout.as_nanos() as u64;
+        let up = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_up(self.now(), timeout);
+        let next = if up {
+            BrokerState::Up
+        } else {
+            BrokerState::Down
+        };
+        self.state.send_if_modified(|state| {
+            if *state == next {
+                return false;
+            }
+            if next == BrokerState::Up {
+                tracing::info!("redis broker up");
+            } else {
+                tracing::warn!("redis broker down: new sockets are refused until it is back");
+            }
+            *state = next;
+            true
+        });
+    }
+
+    fn is_up(&self) -> bool {
+        *self.state.borrow() == BrokerState::Up
+    }
+}
+
+/// What connection watchers and the prober report.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// fred re-established the connection: Redis forgot its subscriptions.
+    Reconnected(Addr, u64),
+    /// The connection failed.
+    Lost(Addr, u64),
+    /// The probe went quiet: rebuild the connection.
+    Quiet(Addr, u64),
+}
+
+/// One subscriber connection.
+struct Conn {
+    generation: u64,
+    client: Client,
+    probe: Option<Str>,
+    health: Arc<Health>,
+    connection: Option<ConnectHandle>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        self.client.is_connected()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+        let (client, connection) = (self.client.clone(), self.connection.take());
+        // Closing politely needs an await; never let it outlive a second.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+            if let Some(c) = connection {
+                c.abort();
+            }
+        });
+    }
+}
+
+/// Reconnect backoff of one master.
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+}
+
+/// What one node's commands achieved in a pass.
+#[derive(Default)]
+struct Outcome {
+    subscribed: Vec<(Str, bool)>,
+    failed: Vec<Str>,
+    unsubscribed: Vec<Str>,
+    probe: bool,
+    moved: bool,
+}
+
+/// The reconciler task's state.
+pub(super) struct Reconciler {
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Publication>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    conns: BTreeMap<Addr, Conn>,
+    topology: Option<Topology>,
+    backoff: HashMap<Addr, Backoff>,
+    connected_before: HashSet<Addr>,
+    generations: u64,
+    need_topology: bool,
+    cancel: CancellationToken,
+}
+
+/// Starts the reconciler and the prober.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Publication>,
+    cancel: CancellationToken,
+) {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(probe::run(
+        shared.clone(),
+        events_tx.clone(),
+        cancel.clone(),
+    ));
+    let settings = &shared.settings;
+    // Without a cluster there is no slot map to read: the one node owns all.
+    let topology = (!settings.cluster).then(|| Topology::single(settings.nodes[0].clone()));
+    let reconciler = Reconciler {
+        shared,
+        inbound,
+        events_tx,
+        events,
+        conns: BTreeMap::new(),
+        topology,
+        backoff: HashMap::new(),
+        connected_before: HashSet::new(),
+        generations: 0,
+        need_topology: true,
+        cancel,
+    };
+    tokio::spawn(reconciler.run());
+}
+
+impl Reconciler {
+    async fn run(mut self) {
+        let mut next_full = tokio::time::Instant::now();
+        loop {
+            let full = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(event) = self.events.recv() => {
+                    self.on_event(event);
+                    while let Ok(event) = self.events.try_recv() {
+                        self.on_event(event);
+                    }
+                    true
+                }
+                _ = tokio::time::sleep_until(next_full) => true,
+                _ = self.shared.wake.notified() => false,
+            };
+            self.pass(full).await;
+            if full {
+                let interval = if self.shared.is_up() {
+                    self.shared.settings.reconcile_interval
+                } else {
+                    DOWN_INTERVAL
+                };
+                next_full = tokio::time::Instant::now()
+                    + interval.min(self.shared.settings.reconcile_interval);
+            }
+        }
+        self.conns.clear();
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let (addr, generation) = match &event {
+            Event::Reconnected(a, g) | Event::Lost(a, g) | Event::Quiet(a, g) => (a.clone(), *g),
+        };
+        let Some(conn) = self.conns.get(&addr).filter(|c| c.generation == generation) else {
+            return;
+        };
+        conn.health.unsubscribed();
+        let forgotten = self.shared.table().forget_node(&addr);
+        match event {
+            Event::Reconnected(..) => {
+                self.shared.metrics.broker_reconnects.inc();
+                tracing::info!(node = %addr, channels = forgotten, "redis reconnected; re-subscribing");
+            }
+            Event::Lost(..) => {
+                tracing::warn!(node = %addr, channels = forgotten, "redis subscriber connection lost")
+            }
+            Event::Quiet(..) => {
+                self.conns.remove(&addr);
+                self.need_topology = true;
+            }
+        }
+        self.shared.refresh_state();
+    }
+
+    /// The master a channel belongs on.
+    fn owner(&self, name: &Str) -> Option<Addr> {
+        let topology = self.topology.as_ref()?;
+        if self.shared.settings.cluster && self.shared.settings.sharded {
+            topology.owner(slot(name.as_bytes())).cloned()
+        } else {
+            topology.masters().first().cloned()
+        }
+    }
+
+    /// Masters that need a subscriber connection.
+    fn wanted_nodes(&self) -> Vec<Addr> {
+        match &self.topology {
+            None => Vec::new(),
+            Some(t) if self.shared.settings.cluster && self.shared.settings.sharded => {
+                t.masters().to_vec()
+            }
+            Some(t) => t.masters().first().cloned().into_iter().collect(),
+        }
+    }
+
+    async fn pass(&mut self, full: bool) {
+        if full || self.need_topology {
+            if self.shared.settings.cluster {
+                self.refresh_topology().await;
+            }
+            self.sync_conns().await;
+        }
+        let mut full = full;
+        for _ in 0..2 {
+            self.execute(full).await;
+            if !full || !self.verify().await {
+                break;
+            }
+            // Redis holds fewer subscriptions than we think: plan them again.
+            full = true;
+        }
+        self.publish_fleet();
+    }
+
+    /// Plans and runs one round of commands, then records the results.
+    async fn execute(&mut self, full: bool) {
+        let plan = {
+            let owner = |name: &Str| self.owner(name);
+            let usable = |addr: &Addr| self.conns.get(addr).is_some_and(Conn::usable);
+            self.shared.table().plan(full, &owner, &usable)
+        };
+        let mut work: BTreeMap<Addr, (NodeOps, bool)> =
+            plan.into_iter().map(|(a, ops)| (a, (ops, false))).collect();
+        for (addr, conn) in &self.conns {
+            if conn.probe.is_some() && !conn.health.is_subscribed() && conn.usable() {
+                work.entry(addr.clone()).or_default().1 = true;
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        let settings = self.shared.settings.clone();
+        let jobs = work.into_iter().filter_map(|(addr, (ops, probe))| {
+            let conn = self.conns.get(&addr)?;
+            let probe = probe.then(|| conn.probe.clone()).flatten();
+            let (client, settings) = (conn.client.clone(), settings.clone());
+            Some(async move {
+                let outcome = run_ops(&client, ops, probe, &settings).await;
+                (addr, outcome)
+            })
+        });
+        let outcomes = join_all(jobs).await;
+        let now = self.shared.now();
+        let mut table = self.shared.table();
+        for (addr, outcome) in outcomes {
+            for (name, resubscribe) in outcome.subscribed {
+                if resubscribe {
+                    self.shared.metrics.broker_resubscribes.inc();
+                }
+                table.subscribed(&addr, name);
+            }
+            for name in &outcome.unsubscribed {
+                table.unsubscribed(&addr, name);
+            }
+            for name in outcome.failed {
+                table.retry(name);
+            }
+            if outcome.moved {
+                self.need_topology = true;
+                self.shared.wake();
+            }
+            if outcome.probe
+                && let Some(conn) = self.conns.get(&addr)
+            {
+                conn.health.subscribed(now);
+                if let Some(probe) = &conn.probe {
+                    // Probe at once rather than at the next tick: the broker
+                    // becomes Up as soon as a probe has come back.
+                    probe::send(
+                        conn.client.clone(),
+                        probe.clone(),
+                        settings.sharded,
+                        now,
+                        settings.command_timeout,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Compares each connection's subscription count in Redis with ours.
+    /// Returns whether some were missing (and so were forgotten).
+    async fn verify(&mut self) -> bool {
+        let field = if self.shared.settings.sharded {
+            "ssub="
+        } else {
+            "sub="
+        };
+        let checks = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.usable())
+            .map(|(addr, conn)| {
+                let client = conn.client.clone();
+                let timeout = self.shared.settings.command_timeout;
+                async move {
+                    let cmd = CustomCommand::new_static("CLIENT", ClusterHash::Random, false);
+                    let info = tokio::time::timeout(
+                        timeout,
+                        client.custom::<Value, Value>(cmd, vec!["INFO".into()]),
+                    )
+                    .await;
+                    let count = match info {
+                        Ok(Ok(v)) => v.as_str().and_then(|text| subscription_count(&text, field)),
+                        _ => None,
+                    };
+                    (addr.clone(), count)
+                }
+            });
+        let counts = join_all(checks).await;
+        let mut missing = false;
+        for (addr, count) in counts {
+            let Some(count) = count else { continue };
+            let Some(conn) = self.conns.get(&addr) else {
+                continue;
+            };
+            let expected =
+                self.shared.table().live_on(&addr) + usize::from(conn.health.is_subscribed());
+            if count < expected {
+                tracing::warn!(
+                    node = %addr,
+                    redis = count,
+                    expected,
+                    "redis dropped subscriptions (slot migration or failover); re-subscribing"
+                );
+                conn.health.unsubscribed();
+                self.shared.table().forget_node(&addr);
+                missing = true;
+            }
+        }
+        missing
+    }
+
+    /// Reads `CLUSTER SLOTS` from a connected master, else from the seeds.
+    async fn refresh_topology(&mut self) {
+        let settings = self.shared.settings.clone();
+        let mut reply = None;
+        for (addr, conn) in self.conns.iter().filter(|(_, c)| c.usable()) {
+            if let Some(v) = cluster_slots(&conn.client, settings.command_timeout).await {
+                reply = Some((v, addr.clone()));
+                break;
+            }
+        }
+        if reply.is_none() {
+            let mut seeds = settings.nodes.clone();
+            seeds.extend(
+                self.topology
+                    .iter()
+                    .flat_map(|t| t.masters().iter().cloned()),
+            );
+            seeds.dedup();
+            for seed in seeds {
+                let Ok(client) = super::client::subscriber(&settings, &seed) else {
+                    continue;
+                };
+                let connection = client.connect();
+                let connected =
+                    tokio::time::timeout(settings.connect_timeout, client.wait_for_connect()).await;
+                let v = match connected {
+                    Ok(Ok(())) => cluster_slots(&client, settings.command_timeout).await,
+                    _ => None,
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+                connection.abort();
+                if let Some(v) = v {
+                    reply = Some((v, seed));
+                    break;
+                }
+            }
+        }
+        let Some((reply, from)) = reply else {
+            tracing::debug!("no redis node answered CLUSTER SLOTS");
+            return;
+        };
+        match Topology::from_cluster_slots(reply, &from) {
+            Ok(topology) => {
+                if self.topology.as_ref() != Some(&topology) {
+                    tracing::info!(masters = ?topology.masters(), "redis cluster slot map changed");
+                    self.topology = Some(topology);
+                }
+                self.need_topology = false;
+            }
+            Err(e) => tracing::warn!(node = %from, error = %e, "unusable CLUSTER SLOTS reply"),
+        }
+    }
+
+    /// Connects the masters that need a connection, drops the others and
+    /// places each connection's probe on a slot its master owns.
+    async fn sync_conns(&mut self) {
+        let wanted = self.wanted_nodes();
+        let stale: Vec<Addr> = self
+            .conns
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .cloned()
+            .collect();
+        for addr in stale {
+            tracing::info!(node = %addr, "redis node no longer needed; closing its subscriber connection");
+            self.conns.remove(&addr);
+            self.shared.table().forget_node(&addr);
+        }
+        let now = Instant::now();
+        let missing: Vec<Addr> = wanted
+            .iter()
+            .filter(|a| {
+                !self.conns.contains_key(*a) && self.backoff.get(*a).is_none_or(|b| b.next <= now)
+            })
+            .cloned()
+            .collect();
+        let this = &*self;
+        let attempts = missing.into_iter().map(|addr| async move {
+            let result = this.connect(&addr).await;
+            (addr, result)
+        });
+        for (addr, result) in join_all(attempts).await {
+            match result {
+                Ok((client, connection, messages)) => {
+                    self.backoff.remove(&addr);
+                    if !self.connected_before.insert(addr.clone()) {
+                        self.shared.metrics.broker_reconnects.inc();
+                    }
+                    self.adopt(addr, client, connection, messages);
+                }
+                Err(e) => {
+                    let s = &self.shared.settings;
+                    let delay = self
+                        .backoff
+                        .get(&addr)
+                        .map_or(s.reconnect_min, |b| (b.delay * 2).min(s.reconnect_max));
+                    tracing::warn!(node = %addr, error = %e, retry_ms = delay.as_millis() as u64, "cannot connect to redis");
+                    self.backoff.insert(
+                        addr,
+                        Backoff {
+                            next: Instant::now() + delay,
+                            delay,
+                        },
+                    );
+                }
+            }
+        }
+        let Some(topology) = self.topology.clone() else {
+            return;
+        };
+        let cluster_sharded = self.shared.settings.cluster && self.shared.settings.sharded;
+        for (addr, conn) in self.conns.iter_mut() {
+            let placed = conn
+                .probe
+                .as_ref()
+                .is_some_and(|p| !cluster_sharded || topology.owns(addr, slot(p.as_bytes())));
+            if !placed {
+                conn.probe = if cluster_sharded {
+                    self.shared.names.probe_in(|s| topology.owns(addr, s))
+                } else {
+                    Some(self.shared.names.probe())
+                };
+                conn.health.unsubscribed();
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        addr: &Addr,
+    ) -> Result<(Client, ConnectHandle, broadcast::Receiver<Message>), String> {
+        let settings = &self.shared.settings;
+        let client = super::client::subscriber(settings, addr).map_err(|e| e.to_string())?;
+        // Subscribe to messages before the connection exists: none is missed.
+        let messages = client.message_rx();
+        let connection = client.connect();
+        match tokio::time::timeout(
+            settings.connect_timeout + Duration::from_millis(500),
+            client.wait_for_connect(),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok((client, connection, messages)),
+            Ok(Err(e)) => {
+                connection.abort();
+                Err(e.to_string())
+            }
+            Err(_) => {
+                connection.abort();
+                Err("connect timed out".into())
+            }
+        }
+    }
+
+    fn adopt(
+        &mut self,
+        addr: Addr,
+        client: Client,
+        connection: ConnectHandle,
+        messages: broadcast::Receiver<Message>,
+    ) {
+        self.generations += 1;
+        let generation = self.generations;
+        let health = Arc::new(Health::default());
+        let reader = tokio::spawn(read(
+            messages,
+            self.shared.clone(),
+            self.inbound.clone(),
+            health.clone(),
+        ));
+        let watcher = tokio::spawn(watch_connection(
+            client.reconnect_rx(),
+            client.error_rx(),
+            addr.clone(),
+            generation,
+            self.events_tx.clone(),
+            health.clone(),
+            self.shared.clone(),
+        ));
+        tracing::info!(node = %addr, "redis subscriber connected");
+        let conn = Conn {
+            generation,
+            client,
+            probe: None,
+            health,
+            connection: Some(connection),
+            tasks: vec![reader, watcher],
+        };
+        self.conns.insert(addr, conn);
+    }
+
+    fn publish_fleet(&self) {
+        let wanted = self.wanted_nodes();
+        let whole = self.topology.as_ref().is_some_and(|t| {
+            !(self.shared.settings.cluster && self.shared.settings.sharded) || t.is_complete()
+        });
+        let complete =
+            whole && !wanted.is_empty() && wanted.iter().all(|a| self.conns.contains_key(a));
+        let nodes = self
+            .conns
+            .iter()
+            .map(|(addr, c)| NodeView {
+                addr: addr.clone(),
+                generation: c.generation,
+                client: c.client.clone(),
+                probe: c.probe.clone(),
+                health: c.health.clone(),
+            })
+            .collect();
+        self.shared.set_fleet(Fleet { nodes, complete });
+    }
+}
+
+/// Subscribes and unsubscribes on one master's connection. Shard channels go
+/// one per SSUBSCRIBE so each reply pairs with its command (fred matches
+/// replies to commands one to one); concurrent commands on one connection
+/// are pipelined by fred, so a thousand channels cost about one round trip.
+/// SUNSUBSCRIBE is grouped by slot: Redis refuses CROSSSLOT.
+async fn run_ops(
+    client: &Client,
+    ops: NodeOps,
+    probe: Option<Str>,
+    settings: &Settings,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let deadline = settings.command_timeout + Duration::from_millis(500);
+    if settings.sharded {
+        let subscribe_cmd =
+            || CustomCommand::new_static("SSUBSCRIBE", ClusterHash::FirstKey, false);
+        let subs = ops
+            .subscribe
+            .iter()
+            .map(|(name, _)| client.custom::<Value, Str>(subscribe_cmd(), vec![name.clone()]));
+        let mut by_slot: BTreeMap<u16, Vec<Str>> = BTreeMap::new();
+        for name in &ops.unsubscribe {
+            by_slot
+                .entry(slot(name.as_bytes()))
+                .or_default()
+                .push(name.clone());
+        }
+        let unsubs = by_slot.into_values().map(|names| async move {
+            let ok = client.sunsubscribe(names.clone()).await.is_ok();
+            (names, ok)
+        });
+        let probe_sub = async {
+            match &probe {
+                Some(p) => Some(
+                    client
+                        .custom::<Value, Str>(subscribe_cmd(), vec![p.clone()])
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let work = async { tokio::join!(join_all(subs), join_all(unsubs), probe_sub) };
+        let Ok((subs, unsubs, probe_result)) = tokio::time::timeout(deadline, work).await else {
+            outcome.failed = ops.subscribe.into_iter().map(|(n, _)| n).collect();
+            return outcome;
+        };
+        for ((name, resubscribe), result) in ops.subscribe.into_iter().zip(subs) {
+            match result {
+                Ok(_) => outcome.subscribed.push((name, resubscribe)),
+                Err(e) => {
+                    outcome.moved |= e.details().contains("MOVED");
+                    tracing::debug!(channel = %name, error = %e, "SSUBSCRIBE failed");
+                    outcome.failed.push(name);
+                }
+            }
+        }
+        for (names, ok) in unsubs {
+            if ok {
+                outcome.unsubscribed.extend(names);
+            }
+        }
+        if let Some(result) = probe_result {
+            outcome.moved |= result
+                .as_ref()
+                .is_err_and(|e| e.details().contains("MOVED"));
+            outcome.probe = result.is_ok();
+        }
+    } else {
+        // fred drops classic subscribe confirmations, so SUBSCRIBE resolves
+        // when written; a PING behind it on the same connection answers only
+        // once Redis has processed it.
+        let mut names: Vec<Str> = ops.subscribe.iter().map(|(n, _)| n.clone()).collect();
+        names.extend(probe.clone());
+        let work = async {
+            for chunk in ops.unsubscribe.chunks(CLASSIC_CHUNK) {
+                client.unsubscribe(chunk.to_vec()).await?;
+            }
+            for chunk in names.chunks(CLASSIC_CHUNK) {
+                client.subscribe(chunk.to_vec()).await?;
+            }
+            client.ping::<Value>(None).await.map(drop)
+        };
+        match tokio::time::timeout(deadline, work).await {
+            Ok(Ok(())) => {
+                outcome.subscribed = ops.subscribe;
+                outcome.unsubscribed = ops.unsubscribe;
+                outcome.probe = probe.is_some();
+            }
+            result => {
+                if let Ok(Err(e)) = result {
+                    tracing::debug!(error = %e, "classic subscribe failed");
+                }
+                outcome.failed = ops.subscribe.into_iter().map(|(n, _)| n).collect();
+            }
+        }
+    }
+    outcome
+}
+
+async fn cluster_slots(client: &Client, timeout: Duration) -> Option<Value> {
+    let cmd = CustomCommand::new_static("CLUSTER", ClusterHash::Random, false);
+    match tokio::time::timeout(
+        timeout,
+        client.custom::<Value, Value>(cmd, vec!["SLOTS".into()]),
+    )
+    .await
+    {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "CLUSTER SLOTS failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The `ssub=` / `sub=` count in a `CLIENT INFO` line.
+fn subscription_count(info: &str, field: &str) -> Option<usize> {
+    info.split_ascii_whitespace()
+        .find_map(|kv| kv.strip_prefix(field))
+        .and_then(|n| n.parse().ok())
+}
+
+/// Hands a connection's messages to the hub: a cheap hand-off, so fred's
+/// message channel never fills; probes are answered here.
+async fn read(
+    mut messages: broadcast::Receiver<Message>,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Publication>,
+    health: Arc<Health>,
+) {
+    loop {
+        let message = match messages.recv().await {
+            Ok(m) => m,
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                tracing::error!(lost, "redis messages lost: the inbound reader fell behind");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let received_at = Instant::now();
+        if shared.names.is_probe(&message.channel) {
+            let now = shared.now();
+            if let Some(sent) = message.value.as_str().and_then(|v| v.parse::<u64>().ok()) {
+                shared
+                    .metrics
+                    .broker_inbound_lag
+                    .observe(now.saturating_sub(sent) as f64 / 1e9);
+            }
+            health.seen(now);
+            shared.refresh_state();
+            continue;
+        }
+        let Some(channel) = shared.names.parse(&message.channel) else {
+            continue;
+        };
+        // The payload's bytes are handed on as they came from the socket.
+        let Some(payload) = message.value.into_bytes() else {
+            continue;
+        };
+        if inbound
+            .send(Publication {
+                channel,
+                payload,
+                received_at,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Turns fred's connection events into reconciler events.
+async fn watch_connection(
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
+    addr: Addr,
+    generation: u64,
+    events: mpsc::UnboundedSender<Event>,
+    health: Arc<Health>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let event = tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Event::Reconnected(addr.clone(), generation),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            e = errors.recv() => match e {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Down at once; the reconciler catches up after its pass.
+                    health.unsubscribed();
+                    shared.refresh_state();
+                    Event::Lost(addr.clone(), generation)
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_info_counts_are_read_by_field() {
+        let info = "id=3 addr=127.0.0.1:47570 flags=P db=0 sub=1 psub=0 ssub=2 multi=-1 resp=3";
+        assert_eq!(subscription_count(info, "ssub="), Some(2));
+        assert_eq!(subscription_count(info, "sub="), Some(1));
+        assert_eq!(subscription_count("id=3", "ssub="), None);
+    }
+}
