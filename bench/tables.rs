@@ -27,6 +27,60 @@ fn rooms() -> Vec<Channel> {
         .collect()
 }
 
+fn new_hub() -> Arc<Hub> {
+    let (broker, _rx) = MemoryBroker::new(16);
+    Arc::new(Hub::new(
+        broker,
+        Metrics::new(&prometheus::Registry::new()).unwrap(),
+    ))
+}
+
+/// `iters` rounds of: on each of 2 tasks, 500 connections join 5 rooms and leave them.
+fn churn(
+    rt: &tokio::runtime::Runtime,
+    hub: &Arc<Hub>,
+    rooms: &Arc<Vec<Channel>>,
+    iters: u64,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (hub, rooms) = (hub.clone(), rooms.clone());
+                    tokio::spawn(async move {
+                        for c in 0..CONNS_PER_THREAD {
+                            let sub = Subscriber {
+                                outbox: Arc::new(Outbox::new(8, 1024)),
+                                format: Format::Json,
+                            };
+                            let id = hub.register(sub.clone());
+                            let mine: Vec<&Channel> =
+                                (0..5).map(|k| &rooms[pick(t, c, k)]).collect();
+                            for room in &mine {
+                                hub.subscribe(room, id, sub.clone()).await.unwrap();
+                            }
+                            for room in &mine {
+                                hub.unsubscribe(room, id).await;
+                            }
+                            hub.unregister(id);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+    }
+    start.elapsed()
+}
+
+/// The room connection `c` of thread `t` takes as its `k`-th (same for both contenders).
+fn pick(t: u64, c: u64, k: u64) -> usize {
+    ((t * 7919 + c * 31 + k * 211) as usize) % ROOMS
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -43,56 +97,12 @@ fn bench(c: &mut Criterion) {
     ));
 
     g.bench_function("sharded_hub", |b| {
-        let (broker, _rx) = MemoryBroker::new(16);
-        let hub = Arc::new(Hub::new(
-            broker,
-            Metrics::new(&prometheus::Registry::new()).unwrap(),
-        ));
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..2u64)
-                        .map(|t| {
-                            let (hub, rooms) = (hub.clone(), rooms.clone());
-                            tokio::spawn(async move {
-                                for c in 0..CONNS_PER_THREAD {
-                                    let sub = Subscriber {
-                                        outbox: Arc::new(Outbox::new(8, 1024)),
-                                        format: Format::Json,
-                                    };
-                                    let id = hub.register(sub.clone());
-                                    let mine: Vec<&Channel> = (0..5)
-                                        .map(|k| {
-                                            &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]
-                                        })
-                                        .collect();
-                                    for room in &mine {
-                                        hub.subscribe(room, id, sub.clone()).await.unwrap();
-                                    }
-                                    for room in &mine {
-                                        hub.unsubscribe(room, id).await;
-                                    }
-                                    hub.unregister(id);
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                });
-            }
-            start.elapsed()
-        })
+        let hub = new_hub();
+        b.iter_custom(|iters| churn(&rt, &hub, &rooms, iters))
     });
 
     g.bench_function("sharded_hub_warm_rooms", |b| {
-        let (broker, _rx) = MemoryBroker::new(16);
-        let hub = Arc::new(Hub::new(
-            broker,
-            Metrics::new(&prometheus::Registry::new()).unwrap(),
-        ));
+        let hub = new_hub();
         // One resident subscriber per room: joins and leaves never touch the
         // broker, so this measures the tables alone.
         rt.block_on(async {
@@ -105,43 +115,7 @@ fn bench(c: &mut Criterion) {
                 hub.subscribe(room, id, resident.clone()).await.unwrap();
             }
         });
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                rt.block_on(async {
-                    let tasks: Vec<_> = (0..2u64)
-                        .map(|t| {
-                            let (hub, rooms) = (hub.clone(), rooms.clone());
-                            tokio::spawn(async move {
-                                for c in 0..CONNS_PER_THREAD {
-                                    let sub = Subscriber {
-                                        outbox: Arc::new(Outbox::new(8, 1024)),
-                                        format: Format::Json,
-                                    };
-                                    let id = hub.register(sub.clone());
-                                    let mine: Vec<&Channel> = (0..5)
-                                        .map(|k| {
-                                            &rooms[((t * 7919 + c * 31 + k * 211) as usize) % ROOMS]
-                                        })
-                                        .collect();
-                                    for room in &mine {
-                                        hub.subscribe(room, id, sub.clone()).await.unwrap();
-                                    }
-                                    for room in &mine {
-                                        hub.unsubscribe(room, id).await;
-                                    }
-                                    hub.unregister(id);
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                });
-            }
-            start.elapsed()
-        })
+        b.iter_custom(|iters| churn(&rt, &hub, &rooms, iters))
     });
 
     g.bench_function("naive_mutex_map", |b| {

@@ -267,7 +267,11 @@ fn shipped_scenario_files_are_valid_plans() {
         let settings = Settings::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         let plan = Plan::build(None, no_config().overlay(settings), false, &e)
             .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        assert!(plan.max_runtime < Duration::from_secs(3600), "{} is not bounded", path.display());
+        assert!(
+            plan.max_runtime < Duration::from_secs(3600),
+            "{} is not bounded",
+            path.display()
+        );
         seen += 1;
     }
     assert!(seen >= 6, "expected one file per scenario, found {seen}");

@@ -307,7 +307,8 @@ mod tests {
     #[test]
     fn defaults_validate_and_bad_values_name_their_key() {
         assert!(Settings::from_config(&RedisConfig::default()).is_ok());
-        let cases: [(&str, fn(&mut RedisConfig)); 6] = [
+        type Edit = fn(&mut RedisConfig);
+        let cases: [(&str, Edit); 6] = [
             ("broker.redis.nodes", |c| c.nodes = vec!["nohost".into()]),
             ("broker.redis.pubsub", |c| c.pubsub = "fancy".into()),
             ("broker.redis.probe_timeout_ms", |c| {
@@ -336,7 +337,8 @@ mod tests {
         };
         assert!(
             Settings::from_config(&c)
-                .unwrap_err()
+                .err()
+                .unwrap()
                 .message
                 .contains("cannot read")
         );

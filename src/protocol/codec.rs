@@ -329,4 +329,38 @@ mod tests {
         );
         assert_eq!(Format::negotiate(Some("v2.json")), Err(()));
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder() {
+        // A xorshift stream of inputs: random bytes, and mutations of valid frames.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds: [&[u8]; 3] = [
+            br#"{"type":"publish","room":"lobby","data":{"a":[1,2,{"b":null}]},"id":3}"#,
+            br#"{"type":"subscribe","room":"lobby","id":"x"}"#,
+            &[
+                0x83, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa2, b'i', b'd',
+                0x01, 0xc0, 0xc0,
+            ],
+        ];
+        for round in 0..20_000 {
+            let mut input: Vec<u8> = if round % 2 == 0 {
+                (0..(next() % 64)).map(|_| next() as u8).collect()
+            } else {
+                seeds[(next() % 3) as usize].to_vec()
+            };
+            for _ in 0..(next() % 4) {
+                if !input.is_empty() {
+                    let at = (next() as usize) % input.len();
+                    input[at] = next() as u8;
+                }
+            }
+            let _ = decode_client_frame(&input, round % 3 == 0);
+        }
+    }
 }

@@ -200,13 +200,24 @@ fn close_kind(f: Option<&CloseFrame>) -> String {
     }
 }
 
-async fn tcp_connect(addr: SocketAddr, src: Option<IpAddr>) -> Result<TcpStream, String> {
+/// Receive buffer of a slow socket: small, so the kernel does not absorb
+/// megabytes on the reader's behalf and the backlog reaches the gateway.
+const SLOW_RCVBUF: u32 = 8 * 1024;
+
+async fn tcp_connect(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    slow: bool,
+) -> Result<TcpStream, String> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
     .map_err(|e| io_kind("socket", &e))?;
+    if slow {
+        let _ = sock.set_recv_buffer_size(SLOW_RCVBUF);
+    }
     if let Some(ip) = src {
         sock.bind(SocketAddr::new(ip, 0))
             .map_err(|e| io_kind("bind", &e))?;
@@ -277,9 +288,12 @@ async fn setup(
     let src = (!plan.source_ips.is_empty())
         .then(|| plan.source_ips[(job.idx % plan.source_ips.len() as u64) as usize]);
 
-    let tcp = timeout(plan.connect_timeout, tcp_connect(target.addr, src))
-        .await
-        .map_err(|_| "timeout_tcp".to_owned())??;
+    let tcp = timeout(
+        plan.connect_timeout,
+        tcp_connect(target.addr, src, job.base && plan.socket_is_slow(job.idx)),
+    )
+    .await
+    .map_err(|_| "timeout_tcp".to_owned())??;
 
     let url = match plan.token_in {
         TokenIn::Query => {

@@ -1,0 +1,272 @@
+//! Measurements (ignored by default; run in release):
+//!
+//!     cargo test --release --test redis -- --ignored --nocapture --test-threads 1
+//!
+//! Gateways run as separate `gateway serve` processes so that the clients
+//! (in this process) and the servers each stay under the 20,000 open-files
+//! limit. `GW_BENCH_SOCKETS` overrides the socket count (default 10,000).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::require_redis;
+
+/// A `gateway serve` child process, killed by PID on drop.
+struct GatewayProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl GatewayProcess {
+    async fn start(seeds: &[String], name: &str) -> GatewayProcess {
+        let port = free_ports(1)[0];
+        let dir = std::env::temp_dir().join(format!("gw-bench-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, "").unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", name])
+            .env("GATEWAY_AUTH_HS_SECRET", SECRET)
+            .env("GATEWAY_BROKER_KIND", "redis")
+            .env("GATEWAY_BROKER_REDIS_NODES", seeds.join(","))
+            .env("GATEWAY_LIMITS_CONNECT_RATE", "0")
+            .env("GATEWAY_LIMITS_MESSAGES_PER_SECOND", "0")
+            .env("GATEWAY_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("gateway binary runs");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let gw = GatewayProcess {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        eventually_async("gateway process ready", Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http(addr, "GET", "/readyz", &[], "").await.0 == 200
+        })
+        .await;
+        gw
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = http(self.addr, "GET", "/metrics", &[], "").await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sockets() -> usize {
+    std::env::var("GW_BENCH_SOCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `n` sockets spread over `gateways`, 256 handshakes at a time.
+async fn open(
+    gateways: &[&GatewayProcess],
+    n: usize,
+    rooms: impl Fn(usize) -> Vec<String>,
+) -> Vec<Ws> {
+    let urls: Vec<String> = (0..n)
+        .map(|i| {
+            let owned = rooms(i);
+            let grants: Vec<&str> = owned.iter().map(String::as_str).collect();
+            format!(
+                "ws://{}/ws?token={}",
+                gateways[i % gateways.len()].addr,
+                token(&format!("b{i}"), &grants)
+            )
+        })
+        .collect();
+    futures_util::stream::iter(urls)
+        .map(|url| async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("bench socket admitted");
+            let _welcome = ws.next().await;
+            ws
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1e6
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement: run in release with --ignored --nocapture"]
+async fn latency_spublish_to_frame_two_nodes() {
+    require_redis!();
+    const ROOMS: usize = 100;
+    const ROUNDS: usize = 20;
+    let n = sockets();
+    let cluster = RedisCluster::start().await;
+    let a = GatewayProcess::start(&cluster.seeds(), "bench-a").await;
+    let b = GatewayProcess::start(&cluster.seeds(), "bench-b").await;
+    let room = |i: usize| format!("r{}", i % ROOMS);
+    let mut sockets = open(&[&a, &b], n, |i| vec![room(i)]).await;
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send(Message::text(
+            json!({"type": "subscribe", "room": room(i)}).to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut readers = Vec::new();
+    for mut ws in sockets {
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(ROUNDS);
+            while lat.len() < ROUNDS {
+                let Ok(Some(Ok(Message::Text(t)))) =
+                    tokio::time::timeout(Duration::from_secs(60), ws.next()).await
+                else {
+                    panic!("bench socket stalled after {} events", lat.len());
+                };
+                let frame: Value = serde_json::from_str(&t).unwrap();
+                if let Some(sent) = frame["data"]["t"].as_u64() {
+                    lat.push(unix_nanos().saturating_sub(sent));
+                }
+            }
+            lat
+        }));
+    }
+    eventually_async(
+        "every socket subscribed",
+        Duration::from_secs(60),
+        || async {
+            a.metric("gateway_subscriptions").await + b.metric("gateway_subscriptions").await
+                >= n as f64
+        },
+    )
+    .await;
+    let mut backend = Backend::new(cluster.ports());
+    for _ in 0..ROUNDS {
+        for r in 0..ROOMS {
+            let payload = json!({"t": unix_nanos()}).to_string();
+            backend
+                .spublish(&format!("gw:room:r{r}"), &payload)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut all = Vec::with_capacity(n * ROUNDS);
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    all.sort_unstable();
+    println!(
+        "SPUBLISH -> frame, 2 nodes, {n} sockets, {ROOMS} rooms, {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement: run in release with --ignored --nocapture"]
+async fn subscriptions_per_second_when_every_socket_joins_five_rooms() {
+    require_redis!();
+    const PER_SOCKET: usize = 5;
+    let n = sockets();
+    let distinct = n * PER_SOCKET / 2;
+    let cluster = RedisCluster::start().await;
+    let gw = GatewayProcess::start(&cluster.seeds(), "bench-sub").await;
+    let rooms = move |i: usize| {
+        (0..PER_SOCKET)
+            .map(|k| format!("j{}", (i * PER_SOCKET + k) % distinct))
+            .collect::<Vec<_>>()
+    };
+    let sockets = open(&[&gw], n, rooms).await;
+    let go = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let mut tasks = Vec::new();
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        let go = go.clone();
+        tasks.push(tokio::spawn(async move {
+            go.wait().await;
+            for room in rooms(i) {
+                ws.feed(Message::text(
+                    json!({"type": "subscribe", "room": room, "id": 1}).to_string(),
+                ))
+                .await
+                .unwrap();
+            }
+            ws.flush().await.unwrap();
+            let mut oks = 0;
+            while oks < PER_SOCKET {
+                match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let frame: Value = serde_json::from_str(&t).unwrap();
+                        assert_eq!(frame["type"], "ok", "{frame}");
+                        oks += 1;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("subscribe stalled: {other:?}"),
+                }
+            }
+            ws
+        }));
+    }
+    let before = gw.metric("gateway_channels").await;
+    go.wait().await;
+    let start = Instant::now();
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let channels = gw.metric("gateway_channels").await - before;
+    println!(
+        "{n} sockets x {PER_SOCKET} rooms at once on one node: {} memberships in {elapsed:.2} s = {:.0}/s; \
+         {channels} Redis channel subscriptions = {:.0}/s",
+        n * PER_SOCKET,
+        (n * PER_SOCKET) as f64 / elapsed,
+        channels / elapsed
+    );
+    assert!(channels >= distinct as f64);
+}

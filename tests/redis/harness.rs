@@ -1,0 +1,785 @@
+//! Real Redis for the bridge's tests: a throwaway 6-node Redis Cluster (3
+//! masters, 3 replicas, `cluster-node-timeout 2000`) or a single Redis on free
+//! loopback ports in temporary directories, killed by PID when dropped; a
+//! minimal RESP client for the backend side (publishing, `CLUSTER` commands);
+//! gateway nodes in-process and a small WebSocket client.
+//!
+//! Without `redis-server` a test prints why and passes, unless `CI` is set:
+//! then it fails, so CI never goes green by running nothing.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::app::{self, Gateway};
+use gateway::config::Config;
+use gateway::node::Node;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+pub const API_KEY: &str = "test-api-key";
+/// How long any single awaited thing may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Whether Redis can be run here. Without it: fail under CI, else skip loudly.
+pub fn redis_available(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: redis-server is not installed (apt-get install -y redis-server)"
+        );
+        eprintln!(
+            "SKIPPED {test}: redis-server is not installed (apt-get install -y redis-server)"
+        );
+    }
+    found
+}
+
+/// Returns from the test when Redis is missing (and not under CI).
+#[macro_export]
+macro_rules! require_redis {
+    () => {
+        if !$crate::harness::redis_available(module_path!()) {
+            return;
+        }
+    };
+}
+
+// ---------------------------------------------------------------- processes
+
+/// Free loopback ports whose cluster-bus twin (port + 10000) is free too.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize
+        + std::process::id() as usize * 7919;
+    let mut ports = Vec::new();
+    let mut candidate = 20_000 + seed % 9_000;
+    while ports.len() < n {
+        candidate = if candidate >= 29_999 {
+            20_000
+        } else {
+            candidate + 1
+        };
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(candidate as u16) && free(candidate as u16 + 10_000) {
+            ports.push(candidate as u16);
+        }
+    }
+    ports
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    cluster: bool,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn spawn(port: u16, cluster: bool, extra: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("gw-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = RedisServer {
+            port,
+            child: None,
+            dir,
+            cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.start();
+        s
+    }
+
+    /// (Re)starts the process on the same port and directory.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(&self.dir)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--protected-mode",
+                "no",
+                "--logfile",
+                "redis.log",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster {
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        cmd.args(&self.extra);
+        self.child = Some(cmd.spawn().expect("redis-server starts"));
+    }
+
+    /// Kills the process (SIGKILL: a crash, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = Resp::connect(self.port).await
+                && c.cmd(&["PING"]).await.is_ok()
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "redis on {} did not start",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A single Redis.
+pub struct SingleRedis {
+    pub server: RedisServer,
+}
+
+impl SingleRedis {
+    pub async fn start() -> SingleRedis {
+        let server = RedisServer::spawn(free_ports(1)[0], false, &[]);
+        server.wait_ready().await;
+        SingleRedis { server }
+    }
+}
+
+/// A 6-node Redis Cluster: 3 masters with one replica each.
+pub struct RedisCluster {
+    pub servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let servers: Vec<RedisServer> = free_ports(6)
+            .into_iter()
+            .map(|p| RedisServer::spawn(p, true, &[]))
+            .collect();
+        for s in &servers {
+            s.wait_ready().await;
+        }
+        let addrs: Vec<String> = servers.iter().map(RedisServer::addr).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "1", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs")
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { servers };
+        cluster.wait_healthy().await;
+        cluster
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.servers.iter().map(|s| s.port).collect()
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.servers.iter().map(RedisServer::addr).collect()
+    }
+
+    pub fn server(&mut self, port: u16) -> &mut RedisServer {
+        self.servers.iter_mut().find(|s| s.port == port).unwrap()
+    }
+
+    /// Every live node reports `cluster_state:ok` and the same 3 masters, each with a replica.
+    pub async fn wait_healthy(&self) {
+        let start = Instant::now();
+        loop {
+            let mut views = Vec::new();
+            for s in self.servers.iter().filter(|s| s.child.is_some()) {
+                let Ok(mut c) = Resp::connect(s.port).await else {
+                    break;
+                };
+                let info = c
+                    .cmd(&["CLUSTER", "INFO"])
+                    .await
+                    .map(|r| r.text())
+                    .unwrap_or_default();
+                let slots = c
+                    .cmd(&["CLUSTER", "SLOTS"])
+                    .await
+                    .ok()
+                    .map(|r| slot_map(&r))
+                    .unwrap_or_default();
+                views.push((info.contains("cluster_state:ok"), slots));
+            }
+            let live = self.servers.iter().filter(|s| s.child.is_some()).count();
+            if views.len() == live
+                && views.iter().all(|(ok, slots)| {
+                    *ok && slots.len() == 3
+                        && slots.iter().all(|(_, _, _, replicas)| *replicas >= 1)
+                })
+                && views.windows(2).all(|w| w[0].1 == w[1].1)
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "cluster did not become healthy: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The slot map as seen by any live node: (start, end, master port, replica count).
+    pub async fn slots(&self) -> Vec<(u16, u16, u16, usize)> {
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            if let Ok(mut c) = Resp::connect(s.port).await
+                && let Ok(r) = c.cmd(&["CLUSTER", "SLOTS"]).await
+            {
+                return slot_map(&r);
+            }
+        }
+        panic!("no live cluster node");
+    }
+
+    /// The master port owning `slot`.
+    pub async fn owner(&self, slot: u16) -> u16 {
+        self.slots()
+            .await
+            .into_iter()
+            .find(|(s, e, _, _)| (*s..=*e).contains(&slot))
+            .map(|(_, _, p, _)| p)
+            .unwrap()
+    }
+
+    /// `CLUSTER MYID` of the node on `port`.
+    pub async fn id(&self, port: u16) -> String {
+        Resp::connect(port)
+            .await
+            .unwrap()
+            .cmd(&["CLUSTER", "MYID"])
+            .await
+            .unwrap()
+            .text()
+    }
+
+    /// The port of a replica of the master on `master`.
+    pub async fn replica_of(&self, master: u16) -> u16 {
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            let role = Resp::connect(s.port)
+                .await
+                .unwrap()
+                .cmd(&["ROLE"])
+                .await
+                .unwrap();
+            if let Reply::Array(items) = role
+                && items.first().map(Reply::text).as_deref() == Some("slave")
+                && items.get(2).map(Reply::int) == Some(i64::from(master))
+            {
+                return s.port;
+            }
+        }
+        panic!("no replica of {master}");
+    }
+
+    /// Subscribers of a shard channel on the master that owns it.
+    pub async fn shardnumsub(&self, channel: &str) -> i64 {
+        let owner = self
+            .owner(fred::util::redis_keyslot(channel.as_bytes()))
+            .await;
+        let reply = Resp::connect(owner)
+            .await
+            .unwrap()
+            .cmd(&["PUBSUB", "SHARDNUMSUB", channel])
+            .await
+            .unwrap();
+        match reply {
+            Reply::Array(items) => items.get(1).map(Reply::int).unwrap_or(0),
+            other => panic!("unexpected SHARDNUMSUB reply {other:?}"),
+        }
+    }
+}
+
+fn slot_map(reply: &Reply) -> Vec<(u16, u16, u16, usize)> {
+    let Reply::Array(entries) = reply else {
+        return Vec::new();
+    };
+    let mut map: Vec<_> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Reply::Array(f) if f.len() >= 3 => {
+                let port = match &f[2] {
+                    Reply::Array(m) => m.get(1).map(Reply::int).unwrap_or(0) as u16,
+                    _ => 0,
+                };
+                Some((f[0].int() as u16, f[1].int() as u16, port, f.len() - 3))
+            }
+            _ => None,
+        })
+        .collect();
+    map.sort();
+    map
+}
+
+// ---------------------------------------------------------------- RESP client
+
+/// A RESP2 reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Simple(s) | Reply::Error(s) => s.clone(),
+            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+            Reply::Int(i) => i.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    pub fn int(&self) -> i64 {
+        match self {
+            Reply::Int(i) => *i,
+            other => other.text().parse().unwrap_or(0),
+        }
+    }
+}
+
+/// A backend's connection to one Redis node: enough RESP to publish and to
+/// drive `CLUSTER` commands.
+pub struct Resp {
+    stream: BufReader<TcpStream>,
+}
+
+impl Resp {
+    pub async fn connect(port: u16) -> std::io::Result<Resp> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
+        stream.set_nodelay(true)?;
+        Ok(Resp {
+            stream: BufReader::new(stream),
+        })
+    }
+
+    pub async fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
+        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            buf.extend_from_slice(a.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        self.stream.get_mut().write_all(&buf).await
+    }
+
+    pub async fn cmd(&mut self, args: &[&str]) -> std::io::Result<Reply> {
+        self.send(args).await?;
+        tokio::time::timeout(Duration::from_secs(5), self.read())
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "reply"))?
+    }
+
+    pub async fn read(&mut self) -> std::io::Result<Reply> {
+        let mut line = String::new();
+        if self.stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        let (kind, rest) = line.split_at(1);
+        Ok(match kind {
+            "+" => Reply::Simple(rest.into()),
+            "-" => Reply::Error(rest.into()),
+            ":" => Reply::Int(rest.parse().unwrap_or(0)),
+            "$" => {
+                let n: i64 = rest.parse().unwrap_or(-1);
+                if n < 0 {
+                    Reply::Bulk(None)
+                } else {
+                    let mut data = vec![0; n as usize + 2];
+                    self.stream.read_exact(&mut data).await?;
+                    data.truncate(n as usize);
+                    Reply::Bulk(Some(data))
+                }
+            }
+            "*" => {
+                let n: i64 = rest.parse().unwrap_or(-1);
+                let mut items = Vec::new();
+                for _ in 0..n.max(0) {
+                    items.push(Box::pin(self.read()).await?);
+                }
+                Reply::Array(items)
+            }
+            other => return Err(std::io::Error::other(format!("bad RESP type {other:?}"))),
+        })
+    }
+}
+
+/// A backend service publishing with SPUBLISH to whichever master owns the
+/// channel, following MOVED and dead masters like a cluster client would.
+pub struct Backend {
+    ports: Vec<u16>,
+    conns: HashMap<u16, Resp>,
+    owners: HashMap<u16, u16>,
+}
+
+impl Backend {
+    pub fn new(ports: Vec<u16>) -> Backend {
+        Backend {
+            ports,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    async fn conn(&mut self, port: u16) -> std::io::Result<&mut Resp> {
+        match self.conns.entry(port) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                Ok(e.insert(Resp::connect(port).await?))
+            }
+        }
+    }
+
+    async fn lookup_owner(&mut self, slot: u16) -> Option<u16> {
+        for port in self.ports.clone() {
+            let Ok(c) = self.conn(port).await else {
+                continue;
+            };
+            match c.cmd(&["CLUSTER", "SLOTS"]).await {
+                Ok(r) => {
+                    let owner = slot_map(&r)
+                        .into_iter()
+                        .find(|(s, e, _, _)| (*s..=*e).contains(&slot))
+                        .map(|(_, _, p, _)| p);
+                    if owner.is_some() {
+                        return owner;
+                    }
+                }
+                Err(_) => {
+                    self.conns.remove(&port);
+                }
+            }
+        }
+        None
+    }
+
+    /// SPUBLISH once; `Err` when the cluster could not take it right now.
+    pub async fn spublish(&mut self, channel: &str, payload: &str) -> Result<i64, String> {
+        let slot = fred::util::redis_keyslot(channel.as_bytes());
+        let owner = match self.owners.get(&slot) {
+            Some(p) => *p,
+            None => self.lookup_owner(slot).await.ok_or("no owner")?,
+        };
+        self.owners.insert(slot, owner);
+        let reply = match self.conn(owner).await {
+            Ok(c) => c.cmd(&["SPUBLISH", channel, payload]).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(Reply::Int(n)) => Ok(n),
+            Ok(Reply::Error(e)) => {
+                if let Some(moved) = e.strip_prefix("MOVED ") {
+                    let port = moved.rsplit(':').next().and_then(|p| p.parse().ok());
+                    if let Some(port) = port {
+                        self.owners.insert(slot, port);
+                    }
+                } else {
+                    self.owners.remove(&slot);
+                }
+                Err(e)
+            }
+            other => {
+                self.conns.remove(&owner);
+                self.owners.remove(&slot);
+                Err(format!("{other:?}"))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- gateways
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token for `sub` that may join and publish to `rooms`.
+pub fn token(sub: &str, rooms: &[&str]) -> String {
+    let claims =
+        json!({"sub": sub, "exp": now() + 3600, "iat": now(), "rooms": rooms, "publish": rooms});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A gateway configuration bridged to Redis at `nodes`.
+pub fn redis_config(nodes: Vec<String>, cluster: bool, pubsub: &str) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.drain_seconds = 1;
+    c.auth.hs_secret = SECRET.into();
+    c.auth.leeway_seconds = 0;
+    c.api.keys = vec![API_KEY.into()];
+    c.limits.messages_per_second = 0;
+    c.limits.connect_rate = 0;
+    c.broker.kind = "redis".into();
+    c.broker.redis.nodes = nodes;
+    c.broker.redis.cluster = cluster;
+    c.broker.redis.pubsub = pubsub.into();
+    c
+}
+
+pub struct TestGateway {
+    pub addr: std::net::SocketAddr,
+    pub node: Arc<Node>,
+    pub run: JoinHandle<bool>,
+}
+
+impl TestGateway {
+    /// Starts a node; does not wait for the broker.
+    pub async fn start(config: Config) -> TestGateway {
+        let gw: Gateway = app::build(config, prometheus::Registry::new(), 10_000)
+            .await
+            .expect("gateway builds");
+        let (addr, node) = (gw.addr, gw.node.clone());
+        let run = tokio::spawn(gw.run());
+        TestGateway { addr, node, run }
+    }
+
+    /// Starts a node and waits until it is ready (broker up).
+    pub async fn ready(config: Config) -> TestGateway {
+        let gw = Self::start(config).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub async fn wait_ready(&self) {
+        self.eventually("ready", |n| n.readiness().is_ok()).await;
+    }
+
+    /// Connects and reads the `welcome` frame.
+    pub async fn connect(&self, token: &str) -> Client {
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade accepted");
+        let mut c = Client { ws };
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c
+    }
+
+    /// `POST /api/publish`; returns the status code.
+    pub async fn publish_http(&self, channel: &str, data: Value) -> u16 {
+        let body = json!({"channel": channel, "data": data}).to_string();
+        http(
+            self.addr,
+            "POST",
+            "/api/publish",
+            &[("authorization", &format!("Bearer {API_KEY}"))],
+            &body,
+        )
+        .await
+        .0
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, &[], "").await
+    }
+
+    /// Polls `check` until it holds; fails the test after the deadline.
+    pub async fn eventually(&self, what: &str, mut check: impl FnMut(&Node) -> bool) {
+        let start = Instant::now();
+        while !check(&self.node) {
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn live_subscriptions(&self) -> usize {
+        self.node.broker().subscription_count()
+    }
+}
+
+/// Polls an async check until it holds; fails the test after `limit`.
+pub async fn eventually_async<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf))
+        .await
+        .expect("http response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next data frame as JSON.
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(DEADLINE).await.expect("frame in time")
+    }
+
+    /// The next data frame, or `None` after `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?
+                .expect("socket open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Subscribes and waits for the `ok`.
+    pub async fn subscribe(&mut self, room: &str) {
+        self.send(json!({"type": "subscribe", "room": room, "id": room}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply, json!({"type": "ok", "id": room}));
+    }
+
+    pub async fn unsubscribe(&mut self, room: &str) {
+        self.send(json!({"type": "unsubscribe", "room": room, "id": room}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply, json!({"type": "ok", "id": room}));
+    }
+
+    /// Asserts nothing arrives within `limit`.
+    pub async fn silent_for(&mut self, limit: Duration) {
+        if let Some(frame) = self.recv_within(limit).await {
+            panic!("unexpected frame {frame}");
+        }
+    }
+}
+
+/// An event frame as the contract shapes it.
+pub fn event(channel: &str, data: Value) -> Value {
+    json!({"type": "event", "channel": channel, "data": data})
+}

@@ -1,0 +1,14 @@
+//! The Redis bridge against real `redis-server` processes (never a mock): a
+//! throwaway 6-node Redis Cluster per test (3 masters, 3 replicas) or a single
+//! Redis, and gateway nodes started in-process. One binary (modules under
+//! `tests/redis/`) so the suite links once.
+//!
+//!     cargo test --test redis                      # the suite
+//!     cargo test --release --test redis -- --ignored --nocapture   # measurements
+
+mod harness;
+
+mod bench;
+mod classic;
+mod cluster;
+mod faults;
