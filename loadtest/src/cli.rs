@@ -1,9 +1,7 @@
-//! The command line: one subcommand per scenario (plus `run` for a scenario
-//! file that names its own), all sharing the [`Settings`] flags, and the
-//! hidden `worker` subcommand the coordinator starts.
-//!
-//! Exit codes: 0 run completed, 2 invalid settings, 1 the run could not start
-//! or finish, 3 completed with problems and `--strict` was given.
+//! The command line: one subcommand per scenario plus `run` (a file that
+//! names its scenario), all sharing the [`Settings`] flags, and the hidden
+//! `worker` the coordinator starts. Exit codes: 0 completed, 1 could not
+//! start or finish, 2 invalid settings, 3 problems found with `--strict`.
 
 use std::path::PathBuf;
 

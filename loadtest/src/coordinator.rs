@@ -1,11 +1,8 @@
-//! The coordinator: spawns the worker processes, moves the run through its
-//! phases (ramp -> load -> grace -> stop), runs the publisher, prints the live
-//! progress line, and turns the workers' results into one report.
-//!
-//! Every phase has a deadline, so a run ends by itself even when workers or
-//! the gateway misbehave. Ctrl-C (or SIGTERM) stops publishing, lets in-flight
-//! events land (bounded), stops the workers and still writes the report; a
-//! second Ctrl-C skips the wait.
+//! The coordinator: spawns workers, moves the run through its phases
+//! (ramp -> load -> grace -> stop, each with a deadline), runs the publisher,
+//! prints the progress line and writes the report. Ctrl-C / SIGTERM stops
+//! publishing, lets in-flight events land (bounded), stops the workers and
+//! still reports; a second Ctrl-C skips the wait.
 
 mod timeline;
 

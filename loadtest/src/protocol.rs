@@ -1,9 +1,7 @@
-//! The client's view of the gateway wire contract (v1): the frames a socket
-//! sends, the frames it reads (JSON text or MessagePack binary), and the event
-//! payload the publisher stamps with send time, sequence and publisher id.
-//!
-//! Reading is on the hot path (one parse per delivered event), so frames are
-//! read borrowed and the payload's padding is skipped, never copied.
+//! The client's view of the wire contract (v1): frames a socket sends and
+//! reads (JSON text or MessagePack binary) and the event payload the
+//! publisher stamps. Reading is the hot path, so frames are read borrowed and
+//! padding is skipped, never copied.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,12 +1,8 @@
-//! The publisher: sends events at a fixed (or stepped) rate, round-robin over
-//! the target channels, through the HTTP publish API or Redis.
-//!
-//! A ticker decides *when* an event is due and *which channel* gets it; the
-//! event is handed to the one lane (connection) that owns that channel, which
-//! stamps the sequence number and send time just before writing. One owner
-//! per channel keeps each channel's order, so out-of-order at a socket means
-//! the gateway reordered. When a lane cannot keep up, the tick is skipped and
-//! counted (`behind`): no sequence number is burnt, so no false loss.
+//! The publisher: a ticker decides when an event is due and which channel
+//! (round-robin) gets it; the one lane owning that channel stamps sequence
+//! and send time just before writing, so each channel keeps its order. A
+//! busy lane makes the ticker skip (counted as `behind`) rather than queue,
+//! so no sequence number is burnt and a saturated gateway ends on time.
 
 mod http;
 pub mod redis;

@@ -1,10 +1,7 @@
-//! The run's report: one [`Report`] built from the aggregated worker results,
-//! the publisher's outcome and the per-second series, written as
-//! `result.json`, `summary.md` and SVG charts (`latency.svg`, `sockets.svg`,
-//! `throughput.svg`) into the output directory.
-//!
-//! The JSON is the contract for scripts (the benchmark reads it); the
-//! Markdown and charts are for people. Secrets never reach any of them.
+//! The run's report: one [`Report`] from the aggregated worker results, the
+//! publisher's outcome and the per-second series, written as `result.json`
+//! (the contract for scripts), `summary.md` and SVG charts (for people) into
+//! the output directory. Secrets never reach any of them.
 
 mod markdown;
 pub mod svg;

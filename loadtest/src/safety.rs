@@ -1,10 +1,7 @@
-//! The loopback guard: every address the tool would send traffic to (gateway
-//! targets, the HTTP publish endpoint, Redis nodes, source addresses) passes
-//! through here, and anything off the loopback range is refused unless the
-//! operator said `--allow-remote` on the command line.
-//!
-//! Host names other than `localhost` are refused without being resolved in
-//! loopback mode: a DNS answer is not something to trust for this decision.
+//! The loopback guard: every address the tool would send traffic to
+//! (targets, publish URL, Redis nodes, source addresses) passes through here;
+//! anything off loopback is refused unless `--allow-remote` was given on the
+//! command line. Host names other than `localhost` are refused unresolved.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};

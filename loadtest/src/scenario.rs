@@ -1,11 +1,8 @@
-//! Scenario settings and the validated run plan.
-//!
-//! [`Settings`] is one flat set of optional knobs, filled by a TOML scenario
-//! file and then by flags (flag > file > environment > scenario default); the
-//! file keys are the flag names with `_` for `-`. [`Plan::build`] turns settings
-//! into a [`Plan`] with every default applied and every bound checked, reporting
-//! all problems at once. Nothing starts unless the plan is valid, and every plan
-//! is bounded in time and counts.
+//! Scenario settings and the validated run plan. [`Settings`] is one flat
+//! set of optional knobs filled by a TOML file, then by flags (flag > file >
+//! environment > scenario default; file keys are flag names with `_`).
+//! [`Plan::build`] applies defaults and bounds, reporting every problem at
+//! once; nothing starts without a valid, bounded plan.
 
 use std::collections::BTreeSet;
 use std::fmt;

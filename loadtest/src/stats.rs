@@ -1,11 +1,7 @@
-//! Measurements and their merging: HDR histograms (microseconds, 3
-//! significant digits, up to one hour), the bucket-list form workers ship them
-//! in, each worker's final result, and [`aggregate`], which folds all worker
-//! results into one.
-//!
-//! A histogram travels as its non-empty buckets `(value, count)`: re-recording
-//! a bucket's highest equivalent value lands in the same bucket, so merging
-//! shipped histograms is exact and needs no compression crate.
+//! Measurements and their merging: HDR histograms (µs, 3 digits, up to an
+//! hour), the bucket-list form workers ship them in, worker results, and
+//! [`aggregate`]. Re-recording a bucket's highest equivalent value lands in
+//! the same bucket, so merging shipped histograms is exact.
 
 use std::collections::BTreeMap;
 

@@ -1,11 +1,8 @@
-//! Per-socket, per-channel sequence accounting: which events arrived in
-//! order, late (out of order), twice (duplicate), or never (lost).
-//!
-//! Sequences start at 1 per channel and the publisher keeps one order per
-//! channel, so a tracker needs only the first and highest sequence seen and
-//! the ranges missing below the highest. Missing ranges are few in a healthy
-//! run; past [`MAX_GAPS`] new gaps are counted but not remembered, so a late
-//! arrival into one of them is counted as a duplicate (the report says so).
+//! Per-socket, per-channel sequence accounting: in order, late (out of
+//! order), twice (duplicate), or never (lost). Sequences start at 1 per
+//! channel, so a tracker keeps the first and highest seen plus the missing
+//! ranges below the highest; past [`MAX_GAPS`] ranges new gaps are counted
+//! but not remembered (a late arrival into one then counts as a duplicate).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,10 +1,8 @@
-//! A worker process: holds its share of the sockets (one task each), and
-//! speaks JSON lines with the coordinator — a [`WorkerSpec`] then [`Command`]s
-//! on stdin, [`WorkerMsg`]s on stdout.
-//!
-//! A worker always ends by itself: on `stop`, when stdin closes (the
-//! coordinator is gone), or at the plan's `max_runtime`. It then closes its
-//! sockets (bounded wait), reports its [`WorkerResult`] and exits.
+//! A worker process: holds its share of the sockets (one task each) and
+//! speaks JSON lines with the coordinator ([`WorkerSpec`] then [`Command`]s
+//! on stdin, [`WorkerMsg`]s on stdout). It always ends by itself: on `stop`,
+//! when stdin closes, or at the plan's `max_runtime`; then it closes its
+//! sockets (bounded), reports its [`WorkerResult`] and exits.
 
 mod socket;
 

@@ -219,8 +219,7 @@ impl RedisBroker {
         })?;
         let (inbound_tx, inbound) = mpsc::channel(config.queue_capacity.max(1));
         let broadcast = names.channel(&Channel::Broadcast);
-        let shared = Arc::new(Shared::new(settings, names, metrics));
-        shared.table().want_quietly(broadcast.clone());
+        let shared = Arc::new(Shared::new(settings, names, metrics, broadcast.clone()));
         let state = shared.state();
         reconciler::spawn(shared.clone(), inbound_tx, cancel.clone());
         Ok((

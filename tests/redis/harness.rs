@@ -606,8 +606,14 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Starts a node; does not wait for the broker.
+    /// Starts a node; does not wait for the broker. `RUST_LOG` shows its logs.
     pub async fn start(config: Config) -> TestGateway {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let gw: Gateway = app::build(config, prometheus::Registry::new(), 10_000)
             .await
             .expect("gateway builds");

@@ -1,10 +1,7 @@
 //! The per-second series behind the charts, bucketed by when each worker cut
-//! its interval (its own clock), not by when its line arrived: a busy worker
-//! or coordinator would otherwise show a second with nothing followed by a
-//! second with double.
-//!
-//! A bucket is closed two seconds after it ends, so late lines still land in
-//! it; workers that sent nothing for a bucket keep their last known state.
+//! its interval, not by when its line arrived (a busy process would otherwise
+//! show an empty second, then a double one). A bucket closes two seconds
+//! after it ends; a worker silent for a bucket keeps its last gauges.
 
 use std::collections::BTreeMap;
 

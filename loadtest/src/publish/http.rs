@@ -1,12 +1,8 @@
-//! HTTP publish lane: one keep-alive HTTP/1.1 connection to
-//! `POST /api/publish`, pipelined: the lane writes every queued request in one
-//! go, then reads that many responses, which HTTP/1.1 returns in order.
-//!
-//! Pipelining is why this is hand-rolled rather than a client crate: a lane
-//! owns its channels, so their order is the order of the requests on one
-//! connection, and one request in flight at a time capped a single room at a
-//! few hundred events/s against a busy gateway. A broken connection fails the
-//! requests in flight and is reopened on the next batch.
+//! HTTP publish lane: one keep-alive connection to `POST /api/publish`,
+//! pipelined (write every queued request, read the responses in order).
+//! Hand-rolled because a client crate keeps one request in flight, which
+//! capped one room at a few hundred events/s; a lane owns its channels, so
+//! their order is the order of requests on its connection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,11 +1,8 @@
-//! Redis publish lanes, hand-rolled over RESP2: the publisher needs only
-//! `CLUSTER SLOTS` (once), `SPUBLISH` and `PUBLISH`, pipelined in batches.
-//!
-//! Why not a Redis crate: the tool wants its own batching (drain the lane's
-//! queue into one write, then read that many replies), exact per-event
-//! failure accounting, and no second async runtime stack in its build; slot
-//! routing is CRC16 plus one `CLUSTER SLOTS` call. A `MOVED` reply (slots
-//! migrating mid-run) is counted as a failed publish, not followed.
+//! Redis publish lanes over RESP2: `CLUSTER SLOTS` once, then `SPUBLISH`
+//! (CRC16 slot-routed, one lane per master) or `PUBLISH`, in pipelined
+//! batches. Hand-rolled rather than a Redis crate for exact per-event failure
+//! accounting and our own batching with three commands; a `MOVED` (slots
+//! migrating mid-run) counts as a failed publish, not followed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

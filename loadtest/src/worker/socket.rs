@@ -1,11 +1,8 @@
-//! One socket's life: TCP from a chosen source address, upgrade with a token
-//! and subprotocol, `welcome`, `subscribe` -> `ok`, then read events until the
-//! run stops, its churn hold ends, or the server closes it.
-//!
-//! Every event is checked against the socket's channel trackers and its
-//! latency recorded; a socket merges its counters into the worker's stats
-//! once, when it ends. Slow sockets read nothing until the end, then drain
-//! what they can to learn how the server treated them (4008 expected).
+//! One socket's life: TCP from a chosen source address, upgrade with token
+//! and subprotocol, `welcome`, `subscribe` -> `ok`, then events until the run
+//! stops, its churn hold ends, or the server closes it. Counters merge into
+//! the worker's stats once, at the end; slow sockets read nothing until the
+//! end, then drain to learn how the gateway treated them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

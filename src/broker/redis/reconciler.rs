@@ -46,6 +46,8 @@ pub(super) struct Shared {
     pub(super) names: Names,
     /// Node metrics (reconnects, resubscribes, inbound lag).
     pub(super) metrics: Metrics,
+    /// The broadcast channel's name: always wanted, and live whenever Up.
+    pub(super) broadcast: Str,
     /// Desired and live subscriptions. A std mutex: held for map operations
     /// only, never across an await.
     table: Mutex<Table>,
@@ -57,13 +59,16 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// Shared state; the broker starts Down.
-    pub(super) fn new(settings: Arc<Settings>, names: Names, metrics: Metrics) -> Shared {
+    /// Shared state; the broker starts Down, wanting `broadcast` always.
+    pub(super) fn new(settings: Arc<Settings>, names: Names, metrics: Metrics, broadcast: Str) -> Shared {
+        let mut table = Table::default();
+        table.want_quietly(broadcast.clone());
         Shared {
             settings,
             names,
             metrics,
-            table: Mutex::new(Table::default()),
+            broadcast,
+            table: Mutex::new(table),
             wake: Notify::new(),
             fleet: Mutex::new(Fleet::default()),
             state: watch::channel(BrokerState::Down).0,
@@ -108,7 +113,8 @@ impl Shared {
             .fleet
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_up(self.now(), timeout);
+            .is_up(self.now(), timeout)
+            && self.table().is_live(&self.broadcast);
         let next = if up {
             BrokerState::Up
         } else {

@@ -66,6 +66,11 @@ impl Table {
         self.live.len() - usize::from(self.live.contains_key(except))
     }
 
+    /// Whether `name` is live on some master.
+    pub(super) fn is_live(&self, name: &Str) -> bool {
+        self.live.contains_key(name)
+    }
+
     /// Channels live on `addr`'s connection, as far as this node knows.
     pub(super) fn live_on(&self, addr: &Addr) -> usize {
         self.per_node.get(addr).copied().unwrap_or(0)
