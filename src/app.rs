@@ -63,8 +63,7 @@ pub async fn build(
     registry: prometheus::Registry,
     socket_capacity: usize,
 ) -> Result<Gateway, StartError> {
-    let listener = TcpListener::bind(&config.server.listen)
-        .await
+    let listener = bind(&config.server.listen)
         .map_err(|e| StartError::Bind(config.server.listen.clone(), e))?;
     let addr = listener
         .local_addr()
@@ -141,6 +140,25 @@ impl Gateway {
         tracing::info!(finished, "drained");
         finished
     }
+}
+
+/// Listen backlog asked for; the kernel caps it at `net.core.somaxconn`.
+/// tokio's default (1024) drops SYNs in a connection storm, and each dropped
+/// SYN costs the client a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn spawn_broker_gauge(mut state: tokio::sync::watch::Receiver<BrokerState>, metrics: Metrics) {

@@ -12,3 +12,4 @@ mod bench;
 mod classic;
 mod cluster;
 mod faults;
+mod secure;

@@ -60,7 +60,12 @@ pub(super) struct Shared {
 
 impl Shared {
     /// Shared state; the broker starts Down, wanting `broadcast` always.
-    pub(super) fn new(settings: Arc<Settings>, names: Names, metrics: Metrics, broadcast: Str) -> Shared {
+    pub(super) fn new(
+        settings: Arc<Settings>,
+        names: Names,
+        metrics: Metrics,
+        broadcast: Str,
+    ) -> Shared {
         let mut table = Table::default();
         table.want_quietly(broadcast.clone());
         Shared {
