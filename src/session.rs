@@ -134,6 +134,8 @@ enum Flow {
     Close(Disconnect),
     /// The socket is gone; nothing more can be written.
     Gone,
+    /// The peer sent a close frame; its reply is queued and needs a flush.
+    PeerClosed,
 }
 
 impl<S> Session<S>
@@ -165,9 +167,18 @@ where
         if !matches!(Box::pin(self.reply(welcome)).await, Flow::Continue) {
             return;
         }
-        let flow = self.event_loop().await;
-        if let Flow::Close(reason) = flow {
-            Box::pin(self.close(reason)).await;
+        match self.event_loop().await {
+            Flow::Close(reason) => Box::pin(self.close(reason)).await,
+            Flow::PeerClosed => {
+                // tungstenite writes the close reply on the next poll; poll
+                // until the handshake completes so the peer sees a clean close.
+                let ws = &mut self.ws;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Flow::Continue | Flow::Gone => {}
         }
     }
 
@@ -283,7 +294,7 @@ where
         match message {
             Message::Text(text) => self.on_frame(text.as_bytes(), false).await,
             Message::Binary(bin) => self.on_frame(&bin, true).await,
-            Message::Close(_) => Flow::Gone,
+            Message::Close(_) => Flow::PeerClosed,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
         }
     }

@@ -196,3 +196,17 @@ async fn too_many_rooms() {
         .await;
     assert_eq!(c.recv().await["code"], "too_many_rooms");
 }
+
+#[tokio::test]
+async fn a_client_close_completes_the_handshake() {
+    use futures_util::StreamExt;
+    let gw = TestGateway::start().await;
+    let mut c = gw.connect(&token("a", &[])).await;
+    c.ws.close(None).await.unwrap();
+    let reply = tokio::time::timeout(DEADLINE, c.ws.next()).await.unwrap();
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "server echoed the close: {reply:?}"
+    );
+    gw.assert_tables_empty().await;
+}
