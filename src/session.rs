@@ -66,6 +66,10 @@ where
     ));
     let me = Subscriber { outbox, format };
     let id = node.hub.register(me.clone());
+    // Upgraded just as the drain took its snapshot: close with the others.
+    if node.lifecycle.phase() != crate::lifecycle::Phase::Running {
+        me.outbox.close(Disconnect::Draining);
+    }
     let bucket = (cfg.limits.messages_per_second > 0).then(|| {
         TokenBucket::new(
             cfg.limits.messages_per_second,
