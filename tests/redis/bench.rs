@@ -66,6 +66,12 @@ impl GatewayProcess {
         gw
     }
 
+    /// A histogram's mean, in milliseconds.
+    async fn mean_ms(&self, series: &str) -> f64 {
+        let sum = self.metric(&format!("{series}_sum")).await;
+        1e3 * sum / self.metric(&format!("{series}_count")).await.max(1.0)
+    }
+
     async fn metric(&self, series: &str) -> f64 {
         let (_, text) = http(self.addr, "GET", "/metrics", &[], "").await;
         text.lines()
@@ -128,7 +134,8 @@ async fn open(
             let _welcome = ws.next().await;
             ws
         })
-        .buffer_unordered(256)
+        // In order, so socket i carries token i (and its room grants).
+        .buffered(256)
         .collect()
         .await
 }
@@ -148,7 +155,9 @@ async fn latency_spublish_to_frame_two_nodes() {
     let a = GatewayProcess::start(&cluster.seeds(), "bench-a").await;
     let b = GatewayProcess::start(&cluster.seeds(), "bench-b").await;
     let room = |i: usize| format!("r{}", i % ROOMS);
+    let t0 = Instant::now();
     let mut sockets = open(&[&a, &b], n, |i| vec![room(i)]).await;
+    eprintln!("{n} sockets open in {:?}", t0.elapsed());
     for (i, ws) in sockets.iter_mut().enumerate() {
         ws.send(Message::text(
             json!({"type": "subscribe", "room": room(i)}).to_string(),
@@ -156,19 +165,22 @@ async fn latency_spublish_to_frame_two_nodes() {
         .await
         .unwrap();
     }
+    // Reads until each socket saw every round; heartbeat pings are skipped,
+    // and one deadline bounds the whole run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut readers = Vec::new();
     for mut ws in sockets {
         readers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(ROUNDS);
             while lat.len() < ROUNDS {
-                let Ok(Some(Ok(Message::Text(t)))) =
-                    tokio::time::timeout(Duration::from_secs(60), ws.next()).await
-                else {
-                    panic!("bench socket stalled after {} events", lat.len());
+                let t = match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t,
+                    Ok(Some(Ok(_))) => continue,
+                    other => panic!("bench socket stalled after {} events: {other:?}", lat.len()),
                 };
                 let frame: Value = serde_json::from_str(&t).unwrap();
                 if let Some(sent) = frame["data"]["t"].as_u64() {
-                    lat.push(unix_nanos().saturating_sub(sent));
+                    lat.push((sent, unix_nanos().saturating_sub(sent)));
                 }
             }
             lat
@@ -177,30 +189,65 @@ async fn latency_spublish_to_frame_two_nodes() {
     eventually_async(
         "every socket subscribed",
         Duration::from_secs(60),
+        // Each socket holds its user channel and its room.
         || async {
             a.metric("gateway_subscriptions").await + b.metric("gateway_subscriptions").await
-                >= n as f64
+                >= 2.0 * n as f64
         },
     )
     .await;
+    eprintln!("subscribed after {:?}; publishing", t0.elapsed());
     let mut backend = Backend::new(cluster.ports());
+    // Paced: one room every `GW_BENCH_GAP_US` (default 1000 µs), so the
+    // number is the path's latency, not a burst's queueing on 2 cores;
+    // `GW_BENCH_GAP_US=0` sends each round as a burst.
+    let gap = std::env::var("GW_BENCH_GAP_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000u64);
+    let mut tick = tokio::time::interval(Duration::from_micros(gap.max(1)));
     for _ in 0..ROUNDS {
         for r in 0..ROOMS {
+            if gap > 0 {
+                tick.tick().await;
+            }
             let payload = json!({"t": unix_nanos()}).to_string();
             backend
                 .spublish(&format!("gw:room:r{r}"), &payload)
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if gap == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let mut all = Vec::with_capacity(n * ROUNDS);
     for r in readers {
         all.extend(r.await.unwrap());
     }
-    all.sort_unstable();
+    // The worst latency per 500 ms of send time shows whether slow frames
+    // are spread out or clustered in stalls.
+    let first = all.iter().map(|(sent, _)| *sent).min().unwrap_or(0);
+    let mut worst = std::collections::BTreeMap::new();
+    for (sent, lat) in &all {
+        let slot = worst.entry((sent - first) / 500_000_000).or_insert(0);
+        *slot = (*slot).max(*lat / 1_000_000);
+    }
     println!(
-        "SPUBLISH -> frame, 2 nodes, {n} sockets, {ROOMS} rooms, {} frames: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "worst ms per 500 ms of send time: {:?}",
+        worst.values().collect::<Vec<_>>()
+    );
+    let mut all: Vec<u64> = all.into_iter().map(|(_, lat)| lat).collect();
+    all.sort_unstable();
+    for (name, gw) in [("A", &a), ("B", &b)] {
+        println!(
+            "node {name}: mean received->written {:.2} ms, mean probe publish->receive {:.2} ms",
+            gw.mean_ms("gateway_fanout_latency_seconds").await,
+            gw.mean_ms("gateway_broker_inbound_lag_seconds").await
+        );
+    }
+    println!(
+        "SPUBLISH -> frame, 2 nodes, {n} sockets, {ROOMS} rooms, {} frames, {gap} µs between publishes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         all.len(),
         percentile(&all, 0.50),
         percentile(&all, 0.99),

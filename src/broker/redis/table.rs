@@ -25,10 +25,20 @@ pub(super) struct NodeOps {
     pub(super) unsubscribe: Vec<Str>,
 }
 
+/// A wanted channel.
+#[derive(Default)]
+struct Want {
+    /// First local subscribers waiting for the channel to be live.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Live at some point since it was wanted: subscribing it again is a
+    /// re-subscription (reconnect, failover, migration), not a first one.
+    was_live: bool,
+}
+
 /// Desired and live subscriptions.
 #[derive(Default)]
 pub(super) struct Table {
-    desired: HashMap<Str, Vec<oneshot::Sender<()>>>,
+    desired: HashMap<Str, Want>,
     live: HashMap<Str, Addr>,
     per_node: HashMap<Addr, usize>,
     dirty: HashSet<Str>,
@@ -38,7 +48,11 @@ impl Table {
     /// Wants `name`; the receiver resolves once it is live.
     pub(super) fn want(&mut self, name: Str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.desired.entry(name.clone()).or_default().push(tx);
+        self.desired
+            .entry(name.clone())
+            .or_default()
+            .waiters
+            .push(tx);
         self.dirty.insert(name);
         rx
     }
@@ -136,8 +150,8 @@ impl Table {
             let wanted = self.desired.contains_key(&name);
             match (wanted, at, owner) {
                 (true, Some(at), Some(owner)) if at == owner && usable(&owner) => {
-                    if let Some(waiters) = self.desired.get_mut(&name) {
-                        release(waiters);
+                    if let Some(want) = self.desired.get_mut(&name) {
+                        release(&mut want.waiters);
                     }
                 }
                 (true, at, owner) => {
@@ -150,7 +164,7 @@ impl Table {
                     }
                     match owner.filter(|o| usable(o)) {
                         Some(owner) if self.live.get(&name) != Some(&owner) => {
-                            let resubscribe = self.desired.get(&name).is_some_and(Vec::is_empty);
+                            let resubscribe = self.desired.get(&name).is_some_and(|w| w.was_live);
                             ops.entry(owner)
                                 .or_default()
                                 .subscribe
@@ -185,7 +199,10 @@ impl Table {
     /// Redis confirmed `name` on `addr`.
     pub(super) fn subscribed(&mut self, addr: &Addr, name: Str) {
         match self.desired.get_mut(&name) {
-            Some(waiters) => release(waiters),
+            Some(want) => {
+                want.was_live = true;
+                release(&mut want.waiters);
+            }
             // Unwanted while the command was in flight: undo it next pass.
             None => {
                 self.dirty.insert(name.clone());
@@ -257,7 +274,12 @@ mod tests {
     fn a_moved_slot_resubscribes_at_the_new_owner_without_unsubscribing_the_old() {
         let mut t = Table::default();
         t.want_quietly(s("x"));
-        t.plan(false, &|_| Some(a()), &|_| true);
+        let first = t.plan(false, &|_| Some(a()), &|_| true);
+        assert_eq!(
+            first[&a()].subscribe,
+            vec![(s("x"), false)],
+            "a first subscription is no re-subscription"
+        );
         t.subscribed(&a(), s("x"));
         let ops = t.plan(true, &|_| Some(b()), &|_| true);
         assert_eq!(ops.len(), 1, "{ops:?}");
