@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "deploy-assets-test-secret-0123456789abcdef";
@@ -38,28 +37,9 @@ fn files(dir: &str, suffix: &str) -> Vec<String> {
     out
 }
 
-/// A unique scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "gateway-deploy-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
+use temp_dir::TempDir;
 
 /// The gateway binary with no inherited `GATEWAY_*` variables, run in `dir`
 /// (away from the repository's gateway.toml).
@@ -104,7 +84,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Starts a node on a free port, waits for /healthz, and returns /metrics.
 fn scrape_a_running_node() -> String {
-    let dir = TempDir::new();
+    let dir = TempDir::new("gateway-deploy-test");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -306,7 +286,7 @@ fn gateway_env(text: &str) -> Vec<(String, String)> {
 }
 
 fn check_config(file: Option<&str>, env: &[(String, String)]) -> (bool, String) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("gateway-deploy-test");
     let mut cmd = gateway(&dir.0);
     cmd.arg("check-config");
     if let Some(file) = file {
@@ -363,7 +343,7 @@ fn every_configuration_the_deploy_assets_pass_is_valid() {
 
     // systemd: the unit's Environment= lines, the credential file standing in
     // for %d/hs_secret.
-    let dir = TempDir::new();
+    let dir = TempDir::new("gateway-deploy-test");
     let secret_file = dir.0.join("hs_secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     let systemd: Vec<(String, String)> = gateway_env(&read("deploy/systemd/gateway.service"))

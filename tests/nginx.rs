@@ -12,7 +12,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -38,33 +37,9 @@ const UPSTREAMS_EXAMPLE: &str = "deploy/nginx/upstreams.example.conf";
 
 type Wss = WebSocketStream<TlsStream<TcpStream>>;
 
-/// A unique scratch directory (nginx prefix, certificates, logs), removed on
-/// drop unless the test failed, so its logs can be read.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "gateway-nginx-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+#[path = "support/temp_dir.rs"]
+mod temp_dir;
+use temp_dir::TempDir;
 
 /// A child process stopped on drop: SIGTERM first (nginx's master must stop
 /// its workers itself, a SIGKILL would orphan them), SIGKILL if it lingers.
@@ -414,7 +389,7 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
         );
         return;
     };
-    let dir = TempDir::new();
+    let dir = TempDir::new("gateway-nginx-test");
     let d = dir.0.as_path();
     let (port_a, port_b, http_port, https_port) =
         (free_port(), free_port(), free_port(), free_port());
