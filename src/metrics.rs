@@ -92,6 +92,8 @@ pub struct Metrics {
     pub broker_publish_errors: IntCounter,
     /// Broker publish -> receive time, measured by a probe.
     pub broker_inbound_lag: Histogram,
+    /// Inbound messages dropped because the reader fell behind the broker client's buffer.
+    pub broker_inbound_lost: IntCounter,
     /// 1 while draining.
     pub draining: IntGauge,
     /// 1 while ready for new sockets.
@@ -226,6 +228,10 @@ impl Metrics {
                 "gateway_broker_inbound_lag_seconds",
                 "Broker publish to receive time, measured by the liveness probe",
                 latency_buckets,
+            )?,
+            broker_inbound_lost: counter(
+                "gateway_broker_inbound_lost_total",
+                "Inbound broker messages dropped because the reader fell behind the client's buffer",
             )?,
             draining: gauge("gateway_draining", "1 while the node is draining")?,
             ready: gauge("gateway_ready", "1 while the node accepts new sockets")?,

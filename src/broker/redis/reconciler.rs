@@ -811,6 +811,7 @@ async fn read(
             Ok(m) => m,
             Err(broadcast::error::RecvError::Lagged(lost)) => {
                 tracing::error!(lost, "redis messages lost: the inbound reader fell behind");
+                shared.metrics.broker_inbound_lost.inc_by(lost);
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => break,
