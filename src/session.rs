@@ -196,8 +196,10 @@ where
         tokio::pin!(expiry);
         let outbox = self.me.outbox.clone();
         loop {
+            // Not `biased`: under sustained fan-out the outbox is always
+            // ready, and a fixed order would starve inbound frames, pongs,
+            // heartbeats and token expiry.
             let flow = tokio::select! {
-                biased;
                 _ = outbox.ready() => Box::pin(self.flush_outbox()).await,
                 inbound = self.ws.next() => {
                     self.last_seen = Instant::now();
