@@ -13,8 +13,9 @@ use gateway::config::Config;
 use gateway::node::Node;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+pub use crate::http::{http, http_on};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -222,79 +223,6 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
-}
-
-/// A minimal HTTP/1.1 client: one request, `Connection: close`.
-pub async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let (status, body) = http_on(&mut stream, method, path, headers, body, true).await;
-    (status, body)
-}
-
-pub async fn http_on(
-    stream: &mut TcpStream,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-    close: bool,
-) -> (u16, String) {
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if close {
-        req.push_str("connection: close\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
-            .await
-            .expect("http response in time")
-            .unwrap();
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                return (
-                    status,
-                    String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string(),
-                );
-            }
-        }
-        if n == 0 {
-            panic!(
-                "connection closed before a full response: {}",
-                String::from_utf8_lossy(&buf)
-            );
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 pub struct Client {

@@ -3,6 +3,8 @@
 //! the suite links once.
 
 mod harness;
+#[path = "../support/http.rs"]
+mod http;
 
 mod admission;
 mod backpressure;

@@ -7,6 +7,8 @@
 //!     cargo test --release --test redis -- --ignored --nocapture   # measurements
 
 mod harness;
+#[path = "../support/http.rs"]
+mod http;
 
 mod bench;
 mod classic;
