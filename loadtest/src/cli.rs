@@ -171,15 +171,15 @@ pub fn main() -> i32 {
                     .as_ref()
                     .map_or(String::new(), |c| format!(" (+{} churn)", c.opened)),
                 report.sockets.failed,
-                report.events.unique,
+                report.events.delivery.unique,
                 report.events.delivered_per_s,
                 coordinator::human_us(l.p50_us),
                 coordinator::human_us(l.p99_us),
                 coordinator::human_us(l.p999_us),
                 coordinator::human_us(l.max_us),
-                report.events.lost,
-                report.events.duplicates,
-                report.events.out_of_order
+                report.events.delivery.lost,
+                report.events.delivery.duplicates,
+                report.events.delivery.out_of_order
             );
             for p in &report.outcome.problems {
                 eprintln!("problem: {p}");

@@ -139,22 +139,12 @@ pub struct EventsReport {
     pub publish_behind: u64,
     /// Accepted events per second of publishing.
     pub publish_rate: f64,
-    /// Event frames received by measured sockets.
-    pub delivered: u64,
     /// Distinct events received per second of the load phase.
     pub delivered_per_s: f64,
-    /// Distinct (socket, channel, sequence) received.
-    pub unique: u64,
-    /// Repeats.
-    pub duplicates: u64,
-    /// Late arrivals.
-    pub out_of_order: u64,
-    /// Owed but never received.
-    pub lost: u64,
-    /// Events not from this run's publisher.
-    pub foreign: u64,
-    /// Sockets with any loss.
-    pub sockets_with_loss: u64,
+    /// Delivery accounting (received, unique, duplicates, out of order, lost,
+    /// foreign, sockets with loss), flattened into this object in JSON.
+    #[serde(flatten)]
+    pub delivery: stats::Delivery,
 }
 
 /// One rate step.
@@ -309,14 +299,8 @@ pub fn build(i: Inputs<'_>) -> Report {
         publish_errors: i.publish.map(|p| p.errors.clone()).unwrap_or_default(),
         publish_behind: i.publish.map_or(0, |p| p.behind),
         publish_rate: i.publish.map_or(0.0, |p| per_s(p.sent, p.seconds)),
-        delivered: agg.delivery.delivered,
         delivered_per_s: per_s(agg.delivery.unique, i.publish.map_or(load_s, |p| p.seconds)),
-        unique: agg.delivery.unique,
-        duplicates: agg.delivery.duplicates,
-        out_of_order: agg.delivery.out_of_order,
-        lost: agg.delivery.lost,
-        foreign: agg.delivery.foreign,
-        sockets_with_loss: agg.delivery.sockets_with_loss,
+        delivery: agg.delivery.clone(),
     };
 
     let steps: Vec<StepReport> = match i.publish {
@@ -363,17 +347,20 @@ pub fn build(i: Inputs<'_>) -> Report {
             "{disconnects} sockets were disconnected during the run"
         ));
     }
-    if events.lost > 0 {
+    if events.delivery.lost > 0 {
         problems.push(format!(
             "{} events lost (on {} sockets)",
-            events.lost, events.sockets_with_loss
+            events.delivery.lost, events.delivery.sockets_with_loss
         ));
     }
-    if events.duplicates > 0 {
-        problems.push(format!("{} duplicate events", events.duplicates));
+    if events.delivery.duplicates > 0 {
+        problems.push(format!("{} duplicate events", events.delivery.duplicates));
     }
-    if events.out_of_order > 0 {
-        problems.push(format!("{} out-of-order events", events.out_of_order));
+    if events.delivery.out_of_order > 0 {
+        problems.push(format!(
+            "{} out-of-order events",
+            events.delivery.out_of_order
+        ));
     }
     if events.publish_failed > 0 {
         problems.push(format!("{} publishes failed", events.publish_failed));

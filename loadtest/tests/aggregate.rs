@@ -167,9 +167,17 @@ fn the_report_names_problems_and_writes_its_files() {
         series,
     });
     assert_eq!(r.sockets.failed, 1);
-    assert_eq!(r.events.lost, 1);
-    assert_eq!(r.events.duplicates, 1);
-    assert_eq!(r.events.unique, 14);
+    assert_eq!(r.events.delivery.lost, 1);
+    assert_eq!(r.events.delivery.duplicates, 1);
+    assert_eq!(r.events.delivery.unique, 14);
+    // result.json keeps the delivery counts directly under "events" (scripts read them there).
+    let json = serde_json::to_value(&r.events).unwrap();
+    assert_eq!(
+        (json["lost"].as_u64(), json["unique"].as_u64()),
+        (Some(1), Some(14))
+    );
+    let back: gateway_loadtest::report::EventsReport = serde_json::from_value(json).unwrap();
+    assert_eq!(back, r.events);
     assert_eq!(r.latency.count, 200);
     assert!(
         r.outcome

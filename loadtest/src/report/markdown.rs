@@ -155,19 +155,19 @@ pub fn render(r: &Report) -> String {
         "| {} | {:.1} | {} | {:.0} | {} | {} | {} |\n",
         e.published,
         e.publish_rate,
-        e.unique,
+        e.delivery.unique,
         e.delivered_per_s,
-        e.lost,
-        e.duplicates,
-        e.out_of_order
+        e.delivery.lost,
+        e.delivery.duplicates,
+        e.delivery.out_of_order
     );
     let _ = writeln!(
         s,
         "- publish failures: {}; publisher behind: {}; foreign events: {}; sockets with loss: {}\n",
         counts(&e.publish_errors),
         e.publish_behind,
-        e.foreign,
-        e.sockets_with_loss
+        e.delivery.foreign,
+        e.delivery.sockets_with_loss
     );
 
     if r.steps.len() > 1 {
