@@ -163,16 +163,7 @@ impl TestGateway {
 
     /// `POST /api/publish`; returns the status code.
     pub async fn publish_http(&self, channel: &str, data: Value) -> u16 {
-        let body = json!({"channel": channel, "data": data}).to_string();
-        http(
-            self.addr,
-            "POST",
-            "/api/publish",
-            &[("authorization", &format!("Bearer {API_KEY}"))],
-            &body,
-        )
-        .await
-        .0
+        crate::http::publish(self.addr, API_KEY, channel, data).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {

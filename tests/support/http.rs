@@ -24,6 +24,26 @@ pub async fn http(
     http_on(&mut stream, method, path, headers, body, true).await
 }
 
+/// `POST /api/publish` of `data` to `channel` with `api_key`; the status code.
+pub async fn publish(
+    addr: std::net::SocketAddr,
+    api_key: &str,
+    channel: &str,
+    data: serde_json::Value,
+) -> u16 {
+    let body = serde_json::json!({"channel": channel, "data": data}).to_string();
+    let auth = format!("Bearer {api_key}");
+    http(
+        addr,
+        "POST",
+        "/api/publish",
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await
+    .0
+}
+
 /// One request on an open connection (kept alive unless `close`).
 pub async fn http_on(
     stream: &mut TcpStream,
