@@ -306,7 +306,10 @@ where
     }
 
     async fn on_frame(&mut self, payload: &[u8], binary: bool) -> Flow {
-        let metrics = self.node.metrics.clone();
+        // One Arc clone frees `self` for `&mut` calls; cloning `Metrics` would
+        // bump a reference count per metric on every inbound frame.
+        let node = self.node.clone();
+        let metrics = &node.metrics;
         if let Some(bucket) = &mut self.bucket
             && !bucket.take(std::time::Instant::now())
         {
@@ -435,7 +438,10 @@ where
     }
 
     async fn refresh(&mut self, token: &str, id: Option<RequestId>) -> Flow {
-        let metrics = self.node.metrics.clone();
+        // One Arc clone frees `self` for `&mut` calls; cloning `Metrics` would
+        // bump a reference count per metric on every inbound frame.
+        let node = self.node.clone();
+        let metrics = &node.metrics;
         match self.node.verifier.verify(token) {
             Err(e) => {
                 metrics.auth_failures.with_label_values(&[e.reason()]).inc();
