@@ -21,21 +21,29 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_event");
     g.bench_function("json_once", |b| {
         b.iter(|| {
-            let e = Event::new(Publication {
-                channel: channel.clone(),
-                payload: payload(),
-                received_at: Instant::now(),
-            });
+            let e = Event::new(
+                Publication {
+                    channel: channel.clone(),
+                    payload: payload(),
+                    received_at: Instant::now(),
+                },
+                1 << 20,
+            )
+            .unwrap();
             black_box(e.message(Format::Json).clone());
         })
     });
     g.bench_function("msgpack_once", |b| {
         b.iter(|| {
-            let e = Event::new(Publication {
-                channel: channel.clone(),
-                payload: payload(),
-                received_at: Instant::now(),
-            });
+            let e = Event::new(
+                Publication {
+                    channel: channel.clone(),
+                    payload: payload(),
+                    received_at: Instant::now(),
+                },
+                1 << 20,
+            )
+            .unwrap();
             black_box(e.message(Format::MsgPack).clone());
         })
     });

@@ -26,6 +26,7 @@ fn hub_with(n: usize, rt: &tokio::runtime::Runtime) -> (Arc<Hub>, Vec<Arc<Outbox
     let hub = Arc::new(Hub::new(
         broker,
         Metrics::new(&prometheus::Registry::new()).unwrap(),
+        1 << 20,
     ));
     let room = Channel::parse("room:lobby").unwrap();
     let mut outboxes = Vec::with_capacity(n);
@@ -73,14 +74,18 @@ fn bench(c: &mut Criterion) {
         let mut batch = VecDeque::new();
         g.bench_with_input(BenchmarkId::new("hub_encode_once", n), &n, |b, _| {
             b.iter(|| {
-                let event = Event::new(Publication {
-                    channel: room.clone(),
-                    payload: Bytes::from_static(PAYLOAD),
-                    received_at: Instant::now(),
-                });
+                let event = Event::new(
+                    Publication {
+                        channel: room.clone(),
+                        payload: Bytes::from_static(PAYLOAD),
+                        received_at: Instant::now(),
+                    },
+                    1 << 20,
+                )
+                .unwrap();
                 assert_eq!(hub.deliver(&event), n);
                 for o in &outboxes {
-                    o.take(&mut batch);
+                    o.take(&mut batch, usize::MAX);
                     black_box(batch.len());
                     batch.clear();
                 }

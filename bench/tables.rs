@@ -32,6 +32,7 @@ fn new_hub() -> Arc<Hub> {
     Arc::new(Hub::new(
         broker,
         Metrics::new(&prometheus::Registry::new()).unwrap(),
+        1 << 20,
     ))
 }
 

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{AuthSetupError, Verifier};
-use crate::broker::{BrokerState, MemoryBroker, SharedBroker};
-use crate::config::{Config, Loaded};
-use crate::hub::Hub;
+use crate::auth::Verifier;
+use crate::broker::{BrokerState, MemoryBroker, RedisBroker, RedisSettings, SharedBroker};
+use crate::config::{
+    BrokerKind, Config, ConfigError, Deep, LoadOptions, Loaded, LogFormat, Problem,
+};
+use crate::hub::{EVENT_ENVELOPE, Hub};
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -21,14 +23,16 @@ use crate::node::Node;
 
 /// Time allowed after the drain window for the last sockets to flush and close.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Time allowed for the broker and the background tasks to stop after the drain.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the node could not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// The configuration is invalid (only from [`build`], which checks it).
+    Config(ConfigError),
     /// `server.listen` could not be bound.
     Bind(String, std::io::Error),
-    /// Key material did not load.
-    Auth(AuthSetupError),
     /// Metrics registration failed (a name registered twice).
     Metrics(prometheus::Error),
     /// The configured broker cannot be built.
@@ -38,8 +42,8 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            StartError::Config(e) => write!(f, "invalid configuration: {e}"),
             StartError::Bind(addr, e) => write!(f, "server.listen: cannot bind {addr}: {e}"),
-            StartError::Auth(e) => write!(f, "{e}"),
             StartError::Metrics(e) => write!(f, "metrics: {e}"),
             StartError::Broker(e) => write!(f, "broker: {e}"),
         }
@@ -47,6 +51,64 @@ impl std::fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
+
+/// What the configuration check builds: key material and broker settings.
+#[derive(Debug)]
+pub struct Parts {
+    /// Token verification, keys loaded.
+    pub verifier: Verifier,
+    /// Which broker to start, validated.
+    pub broker: BrokerPlan,
+}
+
+/// The broker a node starts.
+#[derive(Debug)]
+pub enum BrokerPlan {
+    /// The embedded broker.
+    Memory,
+    /// The Redis bridge with these settings.
+    Redis(Box<RedisSettings>),
+}
+
+/// The one validation path: loads the configuration (file, environment,
+/// flags) and checks all of it, key files and Redis settings included,
+/// reporting every problem at once. `gateway check-config`, `gateway serve`
+/// and `gateway token` all come here.
+pub fn check(opts: &LoadOptions) -> Result<Loaded<Parts>, ConfigError> {
+    crate::config::load(opts, prepare)
+}
+
+/// The checks of [`check`] that need the components' own knowledge.
+pub(crate) fn prepare(config: &Config) -> Deep<Parts> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let verifier = match Verifier::from_config(&config.auth) {
+        Ok(v) => {
+            warnings.extend(v.warnings().iter().cloned());
+            Some(v)
+        }
+        Err(errors) => {
+            problems.extend(errors.iter().map(|e| Problem::new(e.key(), e.detail())));
+            None
+        }
+    };
+    let broker = match config.broker.kind {
+        BrokerKind::Memory => Some(BrokerPlan::Memory),
+        BrokerKind::Redis => match RedisSettings::from_config(&config.broker.redis) {
+            Ok(settings) => Some(BrokerPlan::Redis(Box::new(settings))),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        },
+    };
+    match (verifier, broker) {
+        (Some(verifier), Some(broker)) if problems.is_empty() => {
+            Ok((Parts { verifier, broker }, warnings))
+        }
+        _ => Err(problems),
+    }
+}
 
 /// A built node with its bound listener, ready to run.
 pub struct Gateway {
@@ -57,9 +119,22 @@ pub struct Gateway {
     listener: TcpListener,
 }
 
-/// Binds and wires a node. `socket_capacity` is the most sockets it admits.
+/// Checks `config` like [`check`] does, then binds and wires a node.
+/// `socket_capacity` is the most sockets it admits.
 pub async fn build(
     config: Config,
+    registry: prometheus::Registry,
+    socket_capacity: usize,
+) -> Result<Gateway, StartError> {
+    let (parts, _) =
+        prepare(&config).map_err(|problems| StartError::Config(ConfigError { problems }))?;
+    build_with(config, parts, registry, socket_capacity).await
+}
+
+/// Binds and wires a node from a checked configuration.
+pub async fn build_with(
+    config: Config,
+    parts: Parts,
     registry: prometheus::Registry,
     socket_capacity: usize,
 ) -> Result<Gateway, StartError> {
@@ -68,29 +143,66 @@ pub async fn build(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(config.server.listen.clone(), e))?;
+    let node = wire(config, parts, registry, socket_capacity)?;
+    Ok(Gateway {
+        addr,
+        node,
+        listener,
+    })
+}
+
+/// Wires the parts of a node (broker, hub, limits, metrics, lifecycle)
+/// without a listener, and starts its background tasks.
+pub fn wire(
+    config: Config,
+    parts: Parts,
+    registry: prometheus::Registry,
+    socket_capacity: usize,
+) -> Result<Arc<Node>, StartError> {
     let metrics = Metrics::new(&registry).map_err(StartError::Metrics)?;
-    let verifier = Verifier::from_config(&config.auth).map_err(StartError::Auth)?;
-    let (broker, inbound): (SharedBroker, _) = match config.broker.kind.as_str() {
-        "memory" => {
+    let (broker, inbound): (SharedBroker, _) = match parts.broker {
+        BrokerPlan::Memory => {
             let (broker, inbound) = MemoryBroker::new(config.broker.queue_capacity);
             (broker, inbound)
         }
-        "redis" => {
+        BrokerPlan::Redis(settings) => {
             let (broker, inbound) =
-                crate::broker::RedisBroker::start(&config.broker, metrics.clone())
+                RedisBroker::start(*settings, config.broker.queue_capacity, metrics.clone())
                     .map_err(|e| StartError::Broker(e.to_string()))?;
             (broker, inbound)
         }
-        other => {
-            return Err(StartError::Broker(format!(
-                "broker.kind = {other:?} is not available in this build"
-            )));
-        }
     };
+    Ok(assemble(
+        config,
+        parts.verifier,
+        broker,
+        inbound,
+        metrics,
+        registry,
+        socket_capacity,
+    ))
+}
+
+/// Puts a node together around a built broker and starts its background
+/// tasks (the seam unit tests use to bring a broker of their own).
+pub(crate) fn assemble(
+    config: Config,
+    verifier: Verifier,
+    broker: SharedBroker,
+    inbound: crate::broker::Inbound,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+    socket_capacity: usize,
+) -> Arc<Node> {
     let broker_state = broker.state();
-    let hub = Arc::new(Hub::new(broker, metrics.clone()));
-    tokio::spawn(hub.clone().pump(inbound));
-    spawn_broker_gauge(broker_state.clone(), metrics.clone());
+    let event_limit = config
+        .websocket
+        .outbox_max_bytes
+        .saturating_sub(EVENT_ENVELOPE);
+    let hub = Arc::new(Hub::new(broker, metrics.clone(), event_limit));
+    let lifecycle = Lifecycle::new();
+    lifecycle.spawn_background(hub.clone().pump(inbound));
+    lifecycle.spawn_background(broker_gauge(broker_state.clone(), metrics.clone()));
     metrics.socket_capacity.set(socket_capacity as i64);
     let id: Arc<str> = if config.server.node_id.is_empty() {
         default_node_id().into()
@@ -98,7 +210,7 @@ pub async fn build(
         config.server.node_id.as_str().into()
     };
     let limits = Arc::new(Limits::new(&config.limits, socket_capacity));
-    let node = Arc::new(Node {
+    Arc::new(Node {
         id,
         config,
         hub,
@@ -106,13 +218,8 @@ pub async fn build(
         limits,
         metrics,
         registry,
-        lifecycle: Lifecycle::new(),
+        lifecycle,
         broker_state,
-    });
-    Ok(Gateway {
-        addr,
-        node,
-        listener,
     })
 }
 
@@ -138,6 +245,16 @@ impl Gateway {
         );
         let finished = node.lifecycle.drain(&node.hub, window, DRAIN_GRACE).await;
         tracing::info!(finished, "drained");
+        // The broker's tasks first (its readers feed the pump), then ours.
+        if tokio::time::timeout(STOP_GRACE, node.broker().close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("broker tasks did not stop in time");
+        }
+        if !node.lifecycle.stop_background(STOP_GRACE).await {
+            tracing::warn!("background tasks did not stop in time");
+        }
         finished
     }
 }
@@ -161,16 +278,14 @@ fn bind(listen: &str) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-fn spawn_broker_gauge(mut state: tokio::sync::watch::Receiver<BrokerState>, metrics: Metrics) {
-    tokio::spawn(async move {
-        loop {
-            let up = *state.borrow_and_update() == BrokerState::Up;
-            metrics.broker_up.set(i64::from(up));
-            if state.changed().await.is_err() {
-                break;
-            }
+async fn broker_gauge(mut state: tokio::sync::watch::Receiver<BrokerState>, metrics: Metrics) {
+    loop {
+        let up = *state.borrow_and_update() == BrokerState::Up;
+        metrics.broker_up.set(i64::from(up));
+        if state.changed().await.is_err() {
+            break;
         }
-    });
+    }
 }
 
 fn default_node_id() -> String {
@@ -216,11 +331,12 @@ pub fn socket_capacity(cfg: &Config) -> usize {
 }
 
 /// `gateway serve`: runs the node until SIGTERM/SIGINT, then drains and exits 0.
-pub fn serve(loaded: Loaded) -> ExitCode {
+pub fn serve(loaded: Loaded<Parts>) -> ExitCode {
     let Loaded {
         config,
         source,
         warnings,
+        parts,
     } = loaded;
     init_tracing(&config);
     for w in &warnings {
@@ -238,14 +354,15 @@ pub fn serve(loaded: Loaded) -> ExitCode {
     };
     runtime.block_on(async move {
         let capacity = socket_capacity(&config);
-        let gateway = match build(config, prometheus::Registry::new(), capacity).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("gateway: {e}");
-                return ExitCode::from(2);
-            }
-        };
+        let gateway =
+            match build_with(config, parts, prometheus::Registry::new(), capacity).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
         tracing::info!(addr = %gateway.addr, node = %gateway.node.id, config = %source, "listening");
         let lifecycle = gateway.node.lifecycle.clone();
         tokio::spawn(async move {
@@ -280,18 +397,45 @@ async fn wait_for_signal() {
     }
 }
 
-fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
+/// Crates whose TRACE output prints frame or command contents (a `refresh`
+/// frame's token, a published payload): capped at DEBUG whatever `RUST_LOG`
+/// or `log.level` say, because the contract keeps tokens out of the log.
+const CONTENT_TRACERS: [&str; 5] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "fred",
+    "hyper",
+    "rustls",
+];
+
+/// The log filter: `RUST_LOG` (else `log.level`), with [`CONTENT_TRACERS`]
+/// capped at DEBUG on top of it.
+pub fn log_filter(
+    config: &Config,
+) -> impl tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + use<> {
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets};
+    let env =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let capped = CONTENT_TRACERS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, target| t.with_target(*target, LevelFilter::DEBUG),
+    );
+    env.and(capped)
+}
+
+fn init_tracing(config: &Config) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let fmt: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match config.log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(log_filter(config)))
+        .try_init();
 }

@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, DEV_HS_SECRET};
 
 pub use grants::Grants;
 pub use mint::{MintError, MintRequest, mint};
@@ -44,11 +44,17 @@ const ALGORITHMS: [(&str, Algorithm); 12] = [
     ("EdDSA", Algorithm::EdDSA),
 ];
 
-const SUPPORTED: &str =
-    "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
+/// The supported names, for messages: derived from the table, never a copy.
+fn supported() -> String {
+    ALGORITHMS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-/// HMAC secrets shorter than this are accepted but warned about: RFC 7518
-/// asks for a key at least as long as the hash output.
+/// HMAC secrets shorter than this are refused, whether inline or from a
+/// file: RFC 7518 asks for a key at least as long as the hash output.
 const MIN_HS_SECRET_BYTES: usize = 32;
 
 /// Who a verified token speaks for, and what it lets them do.
@@ -90,9 +96,27 @@ pub enum AuthError {
     MissingClaim,
     /// A `refresh` token names another user than the connection's.
     SubMismatch,
+    /// `exp` lies further ahead than `auth.max_token_lifetime_seconds`.
+    LifetimeTooLong,
 }
 
 impl AuthError {
+    /// Every variant, for pre-registering metric label sets.
+    pub const ALL: [AuthError; 12] = [
+        AuthError::Missing,
+        AuthError::Malformed,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::BadSignature,
+        AuthError::AlgorithmNotAllowed,
+        AuthError::BadIssuer,
+        AuthError::BadAudience,
+        AuthError::UnknownKey,
+        AuthError::MissingClaim,
+        AuthError::SubMismatch,
+        AuthError::LifetimeTooLong,
+    ];
+
     /// Low-cardinality snake_case label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -107,6 +131,7 @@ impl AuthError {
             AuthError::UnknownKey => "unknown_key",
             AuthError::MissingClaim => "missing_claim",
             AuthError::SubMismatch => "sub_mismatch",
+            AuthError::LifetimeTooLong => "lifetime",
         }
     }
 
@@ -126,6 +151,9 @@ impl AuthError {
             AuthError::UnknownKey => "no key known for this token (unknown kid or algorithm)",
             AuthError::MissingClaim => "token lacks a required claim (non-empty sub, exp)",
             AuthError::SubMismatch => "refreshed token is for a different user",
+            AuthError::LifetimeTooLong => {
+                "token lifetime exceeds the maximum this gateway accepts (auth.max_token_lifetime_seconds)"
+            }
         }
     }
 }
@@ -174,6 +202,13 @@ pub enum AuthSetupError {
         /// The algorithm lacking a key.
         algorithm: &'static str,
     },
+    /// The HMAC secret is shorter than RFC 7518 asks for (its hash's size).
+    ShortSecret {
+        /// `auth.hs_secret` or `auth.hs_secret_file`.
+        key: &'static str,
+        /// Its length in bytes (never its value).
+        len: usize,
+    },
 }
 
 impl AuthSetupError {
@@ -184,7 +219,9 @@ impl AuthSetupError {
                 "auth.algorithms"
             }
             AuthSetupError::ConflictingSecrets => "auth.hs_secret_file",
-            AuthSetupError::Read { key, .. } | AuthSetupError::BadKey { key, .. } => key,
+            AuthSetupError::Read { key, .. }
+            | AuthSetupError::BadKey { key, .. }
+            | AuthSetupError::ShortSecret { key, .. } => key,
             AuthSetupError::MissingKey { algorithm } if algorithm.starts_with("HS") => {
                 "auth.hs_secret"
             }
@@ -193,42 +230,40 @@ impl AuthSetupError {
     }
 }
 
-impl fmt::Display for AuthSetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let key = self.key();
+impl AuthSetupError {
+    /// What is wrong, without the key (the message of a config `Problem`).
+    pub fn detail(&self) -> String {
         match self {
-            AuthSetupError::NoAlgorithms => {
-                write!(f, "{key}: empty; list at least one of {SUPPORTED}")
-            }
+            AuthSetupError::NoAlgorithms => format!("empty; list at least one of {}", supported()),
             AuthSetupError::UnknownAlgorithm { name } => {
-                write!(
-                    f,
-                    "{key}: unsupported algorithm {name:?}; supported: {SUPPORTED}"
-                )
+                format!("unsupported algorithm {name:?}; supported: {}", supported())
             }
             AuthSetupError::ConflictingSecrets => {
-                write!(
-                    f,
-                    "{key}: set together with auth.hs_secret; set only one of them"
-                )
+                "set together with auth.hs_secret; set only one of them".to_owned()
             }
-            AuthSetupError::Read { path, source, .. } => {
-                write!(f, "{key}: cannot read {path}: {source}")
-            }
-            AuthSetupError::BadKey { path, reason, .. } => write!(f, "{key}: {path}: {reason}"),
-            AuthSetupError::MissingKey { algorithm } if algorithm.starts_with("HS") => write!(
-                f,
-                "{key}: {algorithm} is in auth.algorithms but no HMAC secret is configured; \
-                 set auth.hs_secret, the GATEWAY_AUTH_HS_SECRET environment variable, \
-                 or auth.hs_secret_file (a file holding the secret)"
+            AuthSetupError::Read { path, source, .. } => format!("cannot read {path}: {source}"),
+            AuthSetupError::BadKey { path, reason, .. } => format!("{path}: {reason}"),
+            AuthSetupError::MissingKey { algorithm } if algorithm.starts_with("HS") => format!(
+                "{algorithm} needs an HMAC secret: set auth.hs_secret in the config file, \
+                 GATEWAY_AUTH_HS_SECRET in the environment, or auth.hs_secret_file \
+                 (a file holding the secret)"
             ),
-            AuthSetupError::MissingKey { algorithm } => write!(
-                f,
-                "{key}: {algorithm} is in auth.algorithms but no public key for it is configured; \
-                 set auth.public_key_file to a PEM public key, or auth.jwks_file to a JWKS \
-                 file holding one (selected by the token's kid)"
+            AuthSetupError::MissingKey { algorithm } => format!(
+                "{algorithm} needs a public key: set auth.public_key_file (PEM) or \
+                 auth.jwks_file (a JWKS file whose keys are selected by the token's kid), \
+                 or GATEWAY_AUTH_PUBLIC_KEY_FILE / GATEWAY_AUTH_JWKS_FILE"
+            ),
+            AuthSetupError::ShortSecret { len, .. } => format!(
+                "must be at least {MIN_HS_SECRET_BYTES} bytes (got {len}); \
+                 use at least {MIN_HS_SECRET_BYTES} random bytes"
             ),
         }
+    }
+}
+
+impl fmt::Display for AuthSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key(), self.detail())
     }
 }
 
@@ -310,6 +345,9 @@ pub struct Verifier {
     static_keys: Vec<Key>,
     jwks: FxHashMap<Box<str>, Key>,
     leeway: u64,
+    /// Longest remaining lifetime a token may have; 0 = unlimited.
+    max_lifetime: u64,
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for Verifier {
@@ -328,6 +366,7 @@ impl fmt::Debug for Verifier {
             )
             .field("jwks_kids", &kids)
             .field("leeway", &self.leeway)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -364,66 +403,117 @@ struct Claims {
 
 impl Verifier {
     /// Builds the verifier: parses `auth.algorithms`, loads every key, and
-    /// checks that each configured algorithm has a key. Errors name the key.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier, AuthSetupError> {
-        let algorithms = pinned_algorithms(cfg)?;
+    /// checks that each configured algorithm has a key. `Err` holds every
+    /// problem with `[auth]`, each naming its key. This is the one place the
+    /// algorithm table and the secret policy are applied: `check-config` and
+    /// `serve` both come here.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Verifier, Vec<AuthSetupError>> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        let algorithms = pinned_algorithms(cfg, &mut errors);
         let uses = |kind: KeyKind| algorithms.iter().any(|p| kind.serves(p.alg));
+        // A key that failed to load makes "no key for RS256" noise: say it once.
+        let mut key_failed = false;
 
         let mut static_keys = Vec::new();
-        if let Some(secret) = hmac_secret(cfg)? {
-            if uses(KeyKind::Hmac) {
+        match hmac_secret(cfg) {
+            Ok(None) => {}
+            Ok(Some(secret)) => {
+                let key = if cfg.hs_secret.is_empty() {
+                    "auth.hs_secret_file"
+                } else {
+                    "auth.hs_secret"
+                };
                 if secret.len() < MIN_HS_SECRET_BYTES {
-                    tracing::warn!(
-                        "auth: the HMAC secret is shorter than {MIN_HS_SECRET_BYTES} bytes; \
-                         use at least {MIN_HS_SECRET_BYTES} random bytes"
+                    errors.push(AuthSetupError::ShortSecret {
+                        key,
+                        len: secret.len(),
+                    });
+                    key_failed = true;
+                } else if uses(KeyKind::Hmac) {
+                    static_keys.push(Key {
+                        kind: KeyKind::Hmac,
+                        only: None,
+                        decoding: DecodingKey::from_secret(&secret),
+                    });
+                } else {
+                    warnings.push(
+                        "auth: an HMAC secret is configured but auth.algorithms lists no HS* \
+                         algorithm; it is not used to verify tokens"
+                            .to_owned(),
                     );
                 }
-                static_keys.push(Key {
-                    kind: KeyKind::Hmac,
-                    only: None,
-                    decoding: DecodingKey::from_secret(&secret),
-                });
-            } else {
-                tracing::warn!(
-                    "auth: an HMAC secret is configured but auth.algorithms lists no HS* \
-                     algorithm; it is not used to verify tokens"
-                );
+                if cfg.hs_secret == DEV_HS_SECRET {
+                    warnings.push(
+                        "auth.hs_secret is the repository's DEVELOPMENT secret: anyone can mint \
+                         tokens; set GATEWAY_AUTH_HS_SECRET in production"
+                            .to_owned(),
+                    );
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                key_failed = true;
             }
         }
         if !cfg.public_key_file.is_empty() {
-            let key = load_public_key_file(&cfg.public_key_file)?;
-            if !uses(key.kind) {
-                tracing::warn!(
-                    "auth.public_key_file holds {} but auth.algorithms lists no algorithm \
-                     it verifies; it is not used",
-                    key.kind.describe()
-                );
+            match load_public_key_file(&cfg.public_key_file) {
+                Ok(key) => {
+                    if !uses(key.kind) {
+                        warnings.push(format!(
+                            "auth.public_key_file holds {} but auth.algorithms lists no \
+                             algorithm it verifies; it is not used",
+                            key.kind.describe()
+                        ));
+                    }
+                    static_keys.push(key);
+                }
+                Err(e) => {
+                    errors.push(e);
+                    key_failed = true;
+                }
             }
-            static_keys.push(key);
         }
         let jwks = if cfg.jwks_file.is_empty() {
             FxHashMap::default()
         } else {
-            jwks::load(&cfg.jwks_file)?
+            jwks::load(&cfg.jwks_file).unwrap_or_else(|e| {
+                errors.push(e);
+                key_failed = true;
+                FxHashMap::default()
+            })
         };
 
-        for pinned in &algorithms {
-            let has_key = static_keys
-                .iter()
-                .chain(jwks.values())
-                .any(|k| k.serves(pinned.alg));
-            if !has_key {
-                return Err(AuthSetupError::MissingKey {
-                    algorithm: pinned.name,
-                });
+        if !key_failed {
+            for pinned in &algorithms {
+                let has_key = static_keys
+                    .iter()
+                    .chain(jwks.values())
+                    .any(|k| k.serves(pinned.alg));
+                if !has_key {
+                    errors.push(AuthSetupError::MissingKey {
+                        algorithm: pinned.name,
+                    });
+                }
             }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(Verifier {
             algorithms,
             static_keys,
             jwks,
             leeway: cfg.leeway_seconds,
+            max_lifetime: cfg.max_token_lifetime_seconds,
+            warnings,
         })
+    }
+
+    /// Things allowed but dangerous in `[auth]`, found while building
+    /// (`serve` logs them, `check-config` prints them).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Verifies a token and returns who it speaks for. Checks, in order:
@@ -455,11 +545,16 @@ impl Verifier {
             _ => return Err(AuthError::MissingClaim),
         };
         let exp = claims.exp.ok_or(AuthError::MissingClaim)?;
-        if let Some(iat) = claims.iat {
-            let now = jsonwebtoken::get_current_timestamp();
-            if iat > now.saturating_add(self.leeway) as f64 {
-                return Err(AuthError::NotYetValid);
-            }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(iat) = claims.iat
+            && iat > now.saturating_add(self.leeway) as f64
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        // A token valid for centuries is a mistake or an attack; either way
+        // it must not reach deadline arithmetic.
+        if self.max_lifetime > 0 && exp > now.saturating_add(self.max_lifetime) as f64 {
+            return Err(AuthError::LifetimeTooLong);
         }
         Ok(Identity {
             user,
@@ -540,18 +635,21 @@ fn map_error(kind: &ErrorKind) -> AuthError {
     }
 }
 
-fn pinned_algorithms(cfg: &AuthConfig) -> Result<Vec<Pinned>, AuthSetupError> {
+fn pinned_algorithms(cfg: &AuthConfig, errors: &mut Vec<AuthSetupError>) -> Vec<Pinned> {
     if cfg.algorithms.is_empty() {
-        return Err(AuthSetupError::NoAlgorithms);
+        errors.push(AuthSetupError::NoAlgorithms);
     }
     let mut pinned: Vec<Pinned> = Vec::with_capacity(cfg.algorithms.len());
     for configured in &cfg.algorithms {
-        let &(name, alg) = ALGORITHMS
+        let Some(&(name, alg)) = ALGORITHMS
             .iter()
             .find(|(name, _)| *name == configured.as_str())
-            .ok_or_else(|| AuthSetupError::UnknownAlgorithm {
+        else {
+            errors.push(AuthSetupError::UnknownAlgorithm {
                 name: configured.clone(),
-            })?;
+            });
+            continue;
+        };
         if pinned.iter().any(|p| p.alg == alg) {
             continue;
         }
@@ -561,7 +659,7 @@ fn pinned_algorithms(cfg: &AuthConfig) -> Result<Vec<Pinned>, AuthSetupError> {
             validation: validation(cfg, alg),
         });
     }
-    Ok(pinned)
+    pinned
 }
 
 /// jsonwebtoken's defaults are too lax for us: 60 s leeway, no `nbf` check,
@@ -748,7 +846,90 @@ mod tests {
     }
 
     fn setup_error(cfg: &AuthConfig) -> String {
-        Verifier::from_config(cfg).unwrap_err().to_string()
+        let errors = Verifier::from_config(cfg).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors[0].to_string()
+    }
+
+    #[test]
+    fn every_setup_problem_is_reported_at_once() {
+        let errors = Verifier::from_config(&AuthConfig {
+            algorithms: vec!["HS256".into(), "none".into(), "XS1".into()],
+            hs_secret: "short".into(),
+            public_key_file: key_path("does-not-exist.pem"),
+            ..AuthConfig::default()
+        })
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.algorithms",
+                "auth.algorithms",
+                "auth.hs_secret",
+                "auth.public_key_file"
+            ],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_inline_and_from_a_file() {
+        let inline = setup_error(&AuthConfig {
+            hs_secret: "short".into(),
+            ..AuthConfig::default()
+        });
+        assert!(
+            inline.starts_with("auth.hs_secret: must be at least 32 bytes (got 5)"),
+            "{inline}"
+        );
+        let path = std::env::temp_dir().join(format!("gateway-auth-{}-short", std::process::id()));
+        std::fs::write(&path, "short\n").unwrap();
+        let file = setup_error(&AuthConfig {
+            hs_secret_file: path.to_string_lossy().into_owned(),
+            ..AuthConfig::default()
+        });
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            file.starts_with("auth.hs_secret_file: must be at least 32 bytes (got 5)"),
+            "{file}"
+        );
+    }
+
+    #[test]
+    fn every_advertised_algorithm_is_accepted_by_the_table() {
+        // The config docs, `gateway.toml` and the contract advertise these;
+        // each must pass setup given a key of its family.
+        for alg in ["HS256", "HS384", "HS512"] {
+            verifier(&AuthConfig {
+                algorithms: vec![alg.into()],
+                ..hs_config()
+            });
+        }
+        for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+            verifier(&pem_config(alg, "rsa_public.pem"));
+        }
+        verifier(&pem_config("ES256", "ec_public.pem"));
+        verifier(&pem_config("EdDSA", "ed25519_public.pem"));
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_refused_unless_unlimited() {
+        let far = json!({"sub": "a", "exp": 10_000_000_000_000_000_000u64, "iat": now()});
+        let token = hs(&far);
+        let v = verifier(&AuthConfig {
+            max_token_lifetime_seconds: 86_400,
+            ..hs_config()
+        });
+        assert_eq!(v.verify(&token).err(), Some(AuthError::LifetimeTooLong));
+        let v = verifier(&AuthConfig {
+            max_token_lifetime_seconds: 0,
+            ..hs_config()
+        });
+        assert_eq!(
+            v.verify(&token).unwrap().expires_at,
+            10_000_000_000_000_000_000
+        );
     }
 
     fn b64(json: &Value) -> String {

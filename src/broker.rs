@@ -3,8 +3,12 @@
 //! subscriber in, last subscriber out); the broker hands inbound publications
 //! to the hub through one bounded queue ([`Inbound`]).
 //!
-//! `publish` never waits for the bus: it enqueues and returns, so a socket's
-//! read path or an HTTP handler is never stalled by a slow or failing bus.
+//! `publish` never blocks the caller on the bus: it hands the publication to
+//! the broker and returns a future of the outcome, so a socket's read path or
+//! an HTTP handler decides itself whether to wait for it.
+//!
+//! A broker owns its background tasks; [`Broker::close`] stops them and waits
+//! until they are gone (the lifecycle calls it on shutdown).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ mod memory;
 mod redis;
 
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisSetupError};
+pub use redis::{RedisBroker, RedisSettings};
 
 /// A boxed future, so `Broker` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -45,8 +49,6 @@ pub enum BrokerError {
     Overloaded,
     /// The bus did not answer in time.
     Timeout,
-    /// The bus answered with an error.
-    Rejected(String),
 }
 
 impl std::fmt::Display for BrokerError {
@@ -55,12 +57,18 @@ impl std::fmt::Display for BrokerError {
             BrokerError::Unavailable => f.write_str("broker unavailable"),
             BrokerError::Overloaded => f.write_str("broker publish queue full"),
             BrokerError::Timeout => f.write_str("broker timed out"),
-            BrokerError::Rejected(why) => write!(f, "broker rejected the command: {why}"),
         }
     }
 }
 
 impl std::error::Error for BrokerError {}
+
+/// What the broker did with a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Published {
+    /// The offset history gave it; `None` for channels without history.
+    pub offset: Option<u64>,
+}
 
 /// A bus that carries publications to every interested node.
 pub trait Broker: Send + Sync + 'static {
@@ -71,14 +79,23 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops receiving `channel` (the last local subscriber left).
     fn unsubscribe<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Enqueues a publication for every node; never waits for the bus.
-    fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BrokerError>;
+    /// Hands a publication to the broker for every node. The future resolves
+    /// once the broker took it (queued, or stored where the channel keeps
+    /// history); dropping it does not cancel the publication.
+    fn publish(
+        &self,
+        channel: Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Published, BrokerError>>;
 
     /// The broker's state, watched by readiness and metrics.
     fn state(&self) -> watch::Receiver<BrokerState>;
 
     /// Channels currently subscribed on the bus (for tests and metrics).
     fn subscription_count(&self) -> usize;
+
+    /// Stops the broker's background tasks and waits for them to end.
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A shared broker handle.

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, LoadOptions, Loaded, load};
+use crate::app::check;
+use crate::config::{ConfigError, LoadOptions, Loaded};
 
 /// Exit code for a bad configuration, a refused command or a usage error.
 const EXIT_CONFIG: u8 = 2;
@@ -112,7 +113,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         node_id: args.node_id,
         ..options(args.config)
     };
-    match load(&opts) {
+    match check(&opts) {
         // The app initialises logging from the loaded config, then logs `warnings`.
         Ok(loaded) => crate::app::serve(loaded),
         Err(e) => report(&e),
@@ -120,7 +121,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn token(args: TokenArgs) -> ExitCode {
-    let Loaded { config, .. } = match load(&options(args.config)) {
+    let Loaded { config, .. } = match check(&options(args.config)) {
         Ok(loaded) => loaded,
         Err(e) => return report(&e),
     };
@@ -152,8 +153,10 @@ fn non_empty(patterns: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+/// The same check `serve` runs before it binds: a configuration it accepts
+/// is one `serve` starts with, and the reverse.
 fn check_config(args: ConfigArg) -> ExitCode {
-    match load(&options(args)) {
+    match check(&options(args)) {
         Ok(loaded) => {
             println!("config OK ({})", loaded.source);
             for warning in &loaded.warnings {

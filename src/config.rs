@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 mod env;
 mod load;
 
-pub use load::{ConfigError, DEV_HS_SECRET, LoadOptions, Loaded, Problem, load};
+pub use load::{ConfigError, DEV_HS_SECRET, Deep, LoadOptions, Loaded, Problem, load, load_tree};
 
 /// The whole configuration of one gateway node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Time allowed for a client to send its HTTP request head.
     pub handshake_timeout_ms: u64,
+    /// Largest HTTP request head (request line and headers) accepted; a
+    /// larger one is answered 431 before anything else is read.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +65,7 @@ impl Default for ServerConfig {
             fd_reserve: 256,
             allowed_origins: Vec::new(),
             handshake_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct AuthConfig {
     pub leeway_seconds: u64,
     /// Accept the token in the `?token=` query parameter (browsers cannot set headers).
     pub allow_query_token: bool,
+    /// Tokens whose `exp` lies further ahead than this are refused; 0 = unlimited.
+    pub max_token_lifetime_seconds: u64,
 }
 
 impl Default for AuthConfig {
@@ -102,6 +108,7 @@ impl Default for AuthConfig {
             audience: String::new(),
             leeway_seconds: 5,
             allow_query_token: true,
+            max_token_lifetime_seconds: 30 * 86_400,
         }
     }
 }
@@ -180,12 +187,42 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `broker.kind`: where publications travel between nodes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// The embedded in-process broker: one node, nothing else to run.
+    Memory,
+    /// Redis or Redis Cluster (`[broker.redis]`).
+    Redis,
+}
+
+/// `broker.redis.pubsub`: which pub/sub commands the bridge uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSub {
+    /// SSUBSCRIBE / SPUBLISH (Redis 7; a channel lives on its slot's master).
+    Sharded,
+    /// SUBSCRIBE / PUBLISH (a single Redis, or Redis < 7).
+    Classic,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `[broker]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `memory` (embedded, single node) or `redis`.
-    pub kind: String,
+    pub kind: BrokerKind,
     /// Inbound publications buffered between the broker and the hub.
     pub queue_capacity: usize,
     /// `[broker.redis]`
@@ -195,7 +232,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            kind: "memory".into(),
+            kind: BrokerKind::Memory,
             queue_capacity: 65_536,
             redis: RedisConfig::default(),
         }
@@ -211,7 +248,7 @@ pub struct RedisConfig {
     /// Redis Cluster (true) or a single Redis (false).
     pub cluster: bool,
     /// `sharded` (SSUBSCRIBE/SPUBLISH) or `classic` (SUBSCRIBE/PUBLISH).
-    pub pubsub: String,
+    pub pubsub: PubSub,
     /// Prefix of every channel name.
     pub prefix: String,
     /// ACL user name; empty = none.
@@ -257,7 +294,7 @@ impl Default for RedisConfig {
         Self {
             nodes: vec!["127.0.0.1:7000".into()],
             cluster: true,
-            pubsub: "sharded".into(),
+            pubsub: PubSub::Sharded,
             prefix: "gw:".into(),
             username: String::new(),
             password: String::new(),
@@ -293,14 +330,14 @@ pub struct LogConfig {
     /// `tracing` filter, e.g. `info` or `gateway=debug`.
     pub level: String,
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }

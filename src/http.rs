@@ -5,6 +5,11 @@
 //! below the open-files limit, so a full node still has descriptors to answer
 //! 503 with; if `accept` fails anyway it backs off briefly. It stops accepting
 //! as soon as the node starts draining.
+//!
+//! A request head larger than `server.max_header_bytes` is answered 431 by
+//! hyper before any route sees it, and one that does not arrive within
+//! `server.handshake_timeout_ms` is dropped: neither can hold a large buffer
+//! for long. Both are counted in `gateway_http_errors_total`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,9 +29,12 @@ use tokio::net::TcpListener;
 use crate::lifecycle::Phase;
 use crate::node::Node;
 
+mod admission;
 mod probes;
 mod publish;
 mod upgrade;
+
+pub use upgrade::ws_config;
 
 /// Response type of every route.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -52,6 +60,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
         let node = node.clone();
         tokio::spawn(async move {
             let handshake = Duration::from_millis(node.config.server.handshake_timeout_ms);
+            let max_head = node.config.server.max_header_bytes;
+            let metrics = node.metrics.clone();
             let service = service_fn(move |req| {
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(route(node, peer, req).await) }
@@ -59,9 +69,22 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(handshake)
+                .max_buf_size(max_head)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
+                let kind = if e.is_parse_too_large() {
+                    Some("head_too_large")
+                } else if e.is_timeout() {
+                    Some("head_timeout")
+                } else if e.is_parse() {
+                    Some("malformed")
+                } else {
+                    None
+                };
+                if let Some(kind) = kind {
+                    metrics.http_errors.with_label_values(&[kind]).inc();
+                }
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
         });
@@ -85,6 +108,18 @@ async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Htt
     }
 }
 
+/// The credentials of `Authorization: Bearer <credentials>`, the scheme
+/// matched case-insensitively (RFC 7235). The one parser for the upgrade's
+/// token and the API's key.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, credentials) = value.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(credentials.trim()).filter(|c| !c.is_empty())
+}
+
 /// The contract's error body: `{"error":{"code":"...","message":"..."}}`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": { "code": code, "message": message } });
@@ -99,4 +134,32 @@ pub fn json(status: StatusCode, body: String) -> HttpResponse {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_is_matched_case_insensitively() {
+        for ok in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "BeArEr  abc ",
+            "Bearer\tabc",
+        ] {
+            assert_eq!(bearer(&auth(ok)), Some("abc"), "{ok:?}");
+        }
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer(&auth(bad)), None, "{bad:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

@@ -54,7 +54,14 @@ pub struct Hub {
     next_id: AtomicU64,
     broker: SharedBroker,
     metrics: Metrics,
+    /// Largest event (in either encoding) fan-out will queue: one that does
+    /// not fit a socket's queue would evict every subscriber with 4008.
+    event_limit: usize,
 }
+
+/// Room an event frame's envelope (`type`, `channel`, `offset`) takes
+/// beside its data, kept free in a socket's queue.
+pub const EVENT_ENVELOPE: usize = 1024;
 
 /// Outcome of a subscribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +73,9 @@ pub enum Joined {
 }
 
 impl Hub {
-    /// An empty hub bridged to `broker`.
-    pub fn new(broker: SharedBroker, metrics: Metrics) -> Hub {
+    /// An empty hub bridged to `broker`; events above `event_limit` bytes in
+    /// either encoding are dropped (and counted) instead of delivered.
+    pub fn new(broker: SharedBroker, metrics: Metrics, event_limit: usize) -> Hub {
         Hub {
             conns: DashMap::with_hasher(FxBuildHasher),
             channels: DashMap::with_hasher(FxBuildHasher),
@@ -75,6 +83,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             broker,
             metrics,
+            event_limit,
         }
     }
 
@@ -201,15 +210,18 @@ impl Hub {
     /// waiting. Returns how many sockets got it.
     pub fn deliver(&self, event: &Event) -> usize {
         let mut delivered = 0;
-        let mut push = |sub: &Subscriber| match sub
-            .outbox
-            .push(event.message(sub.format).clone(), Some(event.received_at()))
-        {
+        let channel = event.channel();
+        let mut push = |sub: &Subscriber| match sub.outbox.push_event(
+            channel,
+            event.message(sub.format).clone(),
+            None,
+            event.received_at(),
+        ) {
             Ok(()) => delivered += 1,
             // The outbox marked itself; its session closes with 4008 and counts it.
             Err(PushError::Full) | Err(PushError::Closed) => {}
         };
-        match event.channel() {
+        match channel {
             Channel::Broadcast => self.conns.iter().for_each(|entry| push(entry.value())),
             channel => {
                 if let Some(entry) = self.channels.get(channel) {
@@ -225,9 +237,21 @@ impl Hub {
     /// the broker closes its queue.
     pub async fn pump(self: Arc<Self>, mut inbound: Inbound) {
         let broker_source = self.metrics.publications_in.with_label_values(&["broker"]);
+        let too_large = self
+            .metrics
+            .events_dropped
+            .with_label_values(&["too_large"]);
         while let Some(publication) = inbound.recv().await {
             broker_source.inc();
-            self.deliver(&Event::new(publication));
+            match Event::new(publication, self.event_limit) {
+                Ok(event) => {
+                    self.deliver(&event);
+                }
+                Err(e) => {
+                    too_large.inc();
+                    tracing::warn!(error = %e, "event dropped: too large for a socket's queue");
+                }
+            }
         }
     }
 
@@ -275,7 +299,7 @@ pub struct TableSizes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{BoxFuture, Broker, BrokerState, MemoryBroker};
+    use crate::broker::{BoxFuture, Broker, BrokerState, MemoryBroker, Published};
     use crate::protocol::{Publication, RoomName};
     use bytes::Bytes;
     use std::collections::VecDeque;
@@ -284,7 +308,7 @@ mod tests {
     fn hub() -> (Arc<Hub>, Arc<MemoryBroker>) {
         let (broker, _rx) = MemoryBroker::new(16);
         let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
-        (Arc::new(Hub::new(broker.clone(), metrics)), broker)
+        (Arc::new(Hub::new(broker.clone(), metrics, 1 << 20)), broker)
     }
 
     fn sub(format: Format) -> Subscriber {
@@ -299,11 +323,15 @@ mod tests {
     }
 
     fn event(channel: Channel) -> Event {
-        Event::new(Publication {
-            channel,
-            payload: Bytes::from_static(b"{}"),
-            received_at: Instant::now(),
-        })
+        Event::new(
+            Publication {
+                channel,
+                payload: Bytes::from_static(b"{}"),
+                received_at: Instant::now(),
+            },
+            1 << 20,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -340,11 +368,11 @@ mod tests {
         assert_eq!(hub.deliver(&event(room("empty"))), 0);
         assert_eq!(hub.deliver(&event(Channel::Broadcast)), 2);
         let mut batch = VecDeque::new();
-        a.outbox.take(&mut batch);
+        a.outbox.take(&mut batch, usize::MAX);
         assert_eq!(batch.len(), 2);
         assert!(batch[0].message.is_text());
         batch.clear();
-        b.outbox.take(&mut batch);
+        b.outbox.take(&mut batch, usize::MAX);
         assert!(batch[0].message.is_binary());
     }
 
@@ -356,8 +384,15 @@ mod tests {
         fn unsubscribe<'a>(&'a self, _: &'a Channel) -> BoxFuture<'a, Result<(), BrokerError>> {
             Box::pin(async { Ok(()) })
         }
-        fn publish(&self, _: Channel, _: Bytes) -> Result<(), BrokerError> {
-            Err(BrokerError::Unavailable)
+        fn publish(
+            &self,
+            _: Channel,
+            _: Bytes,
+        ) -> BoxFuture<'static, Result<Published, BrokerError>> {
+            Box::pin(async { Err(BrokerError::Unavailable) })
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
         }
         fn state(&self) -> tokio::sync::watch::Receiver<BrokerState> {
             tokio::sync::watch::channel(BrokerState::Down).1
@@ -370,7 +405,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_broker_subscribe_rolls_back() {
         let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
-        let hub = Hub::new(Arc::new(Refusing), metrics.clone());
+        let hub = Hub::new(Arc::new(Refusing), metrics.clone(), 1 << 20);
         let a = sub(Format::Json);
         let ia = hub.register(a.clone());
         assert_eq!(
@@ -398,8 +433,15 @@ mod tests {
                 self.0.unsubscribe(c).await
             })
         }
-        fn publish(&self, c: Channel, p: Bytes) -> Result<(), BrokerError> {
+        fn publish(
+            &self,
+            c: Channel,
+            p: Bytes,
+        ) -> BoxFuture<'static, Result<Published, BrokerError>> {
             self.0.publish(c, p)
+        }
+        fn close(&self) -> BoxFuture<'_, ()> {
+            self.0.close()
         }
         fn state(&self) -> tokio::sync::watch::Receiver<BrokerState> {
             self.0.state()
@@ -413,7 +455,11 @@ mod tests {
     async fn subscribe_unsubscribe_storms_end_in_the_right_broker_state() {
         let (memory, _rx) = MemoryBroker::new(16);
         let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
-        let hub = Arc::new(Hub::new(Arc::new(Yielding(memory.clone())), metrics));
+        let hub = Arc::new(Hub::new(
+            Arc::new(Yielding(memory.clone())),
+            metrics,
+            1 << 20,
+        ));
         let rooms: Vec<Channel> = (0..3).map(|i| room(&format!("storm{i}"))).collect();
         let tasks: Vec<_> = (0..8u64)
             .map(|t| {

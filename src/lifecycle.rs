@@ -1,6 +1,9 @@
 //! The node's lifecycle: an observable phase (read by `/readyz`, admission and
 //! tests), the shutdown trigger, the tracker of every upgraded socket (hyper's
-//! graceful shutdown does not cover them), and the drain plan.
+//! graceful shutdown does not cover them), the drain plan, and the owner of
+//! the node's background tasks (fan-out pump, gauges): they are started
+//! through [`Lifecycle::spawn_background`] and cancelled and awaited by
+//! [`Lifecycle::stop_background`], never left to the process's exit.
 //!
 //! Drain: the phase turns `Draining` at once, the listener stops, and sockets
 //! are asked to close with 1012 at evenly spread instants over the drain
@@ -10,8 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::hub::Hub;
@@ -33,6 +39,8 @@ pub enum Phase {
 pub struct Lifecycle {
     phase: watch::Sender<Phase>,
     sessions: TaskTracker,
+    background: TaskTracker,
+    cancel: CancellationToken,
 }
 
 impl Default for Lifecycle {
@@ -47,6 +55,8 @@ impl Lifecycle {
         Lifecycle {
             phase: watch::channel(Phase::Running).0,
             sessions: TaskTracker::new(),
+            background: TaskTracker::new(),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -63,6 +73,30 @@ impl Lifecycle {
     /// Tracks upgraded sockets' tasks, so drain can wait for them.
     pub fn sessions(&self) -> &TaskTracker {
         &self.sessions
+    }
+
+    /// Runs a background task of the node until it ends or the node stops.
+    pub fn spawn_background<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.background.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    /// Cancels the background tasks and waits for them, at most `deadline`.
+    /// Returns whether they all ended.
+    pub async fn stop_background(&self, deadline: Duration) -> bool {
+        self.cancel.cancel();
+        self.background.close();
+        tokio::time::timeout(deadline, self.background.wait())
+            .await
+            .is_ok()
     }
 
     /// Starts draining (idempotent).
@@ -118,6 +152,7 @@ mod tests {
         let hub = Arc::new(Hub::new(
             broker,
             Metrics::new(&prometheus::Registry::new()).unwrap(),
+            1 << 20,
         ));
         let outboxes: Vec<Arc<Outbox>> = (0..4).map(|_| Arc::new(Outbox::new(4, 1024))).collect();
         for o in &outboxes {
@@ -136,8 +171,9 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert_eq!(life.phase(), Phase::Draining);
-        let closed =
-            |o: &Outbox| o.take(&mut VecDeque::new()) == Status::Close(Disconnect::Draining);
+        let closed = |o: &Outbox| {
+            o.take(&mut VecDeque::new(), usize::MAX) == Status::Close(Disconnect::Draining)
+        };
         let count = || outboxes.iter().filter(|o| closed(o)).count();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(count(), 1, "one close at the start of the window");
@@ -150,5 +186,18 @@ mod tests {
             "no tracked sessions: finishes at once"
         );
         assert_eq!(life.phase(), Phase::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_tasks_are_cancelled_and_awaited() {
+        let life = Lifecycle::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        life.spawn_background(async move {
+            // Holds `tx` until cancelled: the receiver sees it dropped then.
+            let _tx = tx;
+            std::future::pending::<()>().await
+        });
+        assert!(life.stop_background(Duration::from_secs(1)).await);
+        assert!(rx.await.is_err(), "the task was dropped, not leaked");
     }
 }

@@ -8,25 +8,13 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
 use crate::config::LimitsConfig;
-
-/// Why admission refused a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The node holds `capacity` sockets already (503).
-    Capacity,
-    /// The node's connection-rate bucket is empty (429).
-    Rate,
-    /// This IP holds `limits.max_sockets_per_ip` sockets (429).
-    PerIp,
-    /// This user holds `limits.max_sockets_per_user` sockets (429).
-    PerUser,
-}
+use crate::protocol::Refusal;
 
 /// Counts shared by every admission on the node.
 pub struct Limits {
@@ -52,11 +40,6 @@ impl Limits {
             connect_bucket: (cfg.connect_rate > 0)
                 .then(|| Mutex::new(TokenBucket::new(cfg.connect_rate, cfg.connect_burst.max(1)))),
         }
-    }
-
-    /// Sockets the node admits at most.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Whether the node is at capacity (readiness reports it).

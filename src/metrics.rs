@@ -4,35 +4,9 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::protocol::{Disconnect, ErrorCode};
-
-/// Refusal reasons of `gateway_upgrades_refused_total`.
-pub const REFUSAL_REASONS: [&str; 9] = [
-    "unauthorized",
-    "forbidden_origin",
-    "capacity",
-    "draining",
-    "ip_limit",
-    "user_limit",
-    "rate_limited",
-    "bad_request",
-    "not_ready",
-];
-
-/// Auth failure reasons of `gateway_auth_failures_total`.
-pub const AUTH_REASONS: [&str; 11] = [
-    "missing",
-    "malformed",
-    "expired",
-    "not_yet_valid",
-    "bad_signature",
-    "algorithm",
-    "issuer",
-    "audience",
-    "unknown_key",
-    "missing_claim",
-    "sub_mismatch",
-];
+use crate::auth::AuthError;
+use crate::protocol::{Disconnect, ErrorCode, Refusal};
+use crate::session::{End, EndedBy};
 
 /// Frame types of `gateway_frames_in_total`.
 pub const FRAME_TYPES: [&str; 6] = [
@@ -46,6 +20,24 @@ pub const FRAME_TYPES: [&str; 6] = [
 
 /// Sources of `gateway_publications_in_total`.
 pub const SOURCES: [&str; 3] = ["http", "client", "broker"];
+
+/// Kinds of `gateway_protocol_violations_total`: how a peer broke RFC 6455.
+pub const VIOLATIONS: [&str; 8] = [
+    "utf8",
+    "reserved_bits",
+    "reserved_opcode",
+    "unmasked",
+    "control_frame",
+    "continuation",
+    "close_frame",
+    "other",
+];
+
+/// Reasons of `gateway_events_dropped_total`.
+pub const DROP_REASONS: [&str; 1] = ["too_large"];
+
+/// Kinds of `gateway_http_errors_total`: requests hyper ended before a route.
+pub const HTTP_ERRORS: [&str; 4] = ["head_too_large", "head_timeout", "malformed", "other"];
 
 /// The node's metrics.
 #[derive(Clone)]
@@ -94,6 +86,14 @@ pub struct Metrics {
     pub broker_inbound_lag: Histogram,
     /// Inbound messages dropped because the reader fell behind the broker client's buffer.
     pub broker_inbound_lost: IntCounter,
+    /// Sessions ended, by who ended them.
+    pub sessions_ended: IntCounterVec,
+    /// WebSocket protocol violations by peers, by kind (each closed the socket).
+    pub protocol_violations: IntCounterVec,
+    /// Broker events not delivered, by reason.
+    pub events_dropped: IntCounterVec,
+    /// HTTP connections ended by a malformed or oversized request, by kind.
+    pub http_errors: IntCounterVec,
     /// 1 while draining.
     pub draining: IntGauge,
     /// 1 while ready for new sockets.
@@ -136,6 +136,8 @@ impl Metrics {
             .collect();
         let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
         let errors: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        let auth: Vec<&str> = AuthError::ALL.iter().map(|e| e.reason()).collect();
+        let ended: Vec<&str> = EndedBy::ALL.iter().map(|e| e.label()).collect();
 
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -156,13 +158,13 @@ impl Metrics {
                 "gateway_upgrades_refused_total",
                 "WebSocket upgrades refused before the upgrade, by reason",
                 "reason",
-                &REFUSAL_REASONS,
+                &Refusal::codes(),
             )?,
             auth_failures: counter_vec(
                 "gateway_auth_failures_total",
                 "Token verification failures, by reason",
                 "reason",
-                &AUTH_REASONS,
+                &auth,
             )?,
             frames_in: counter_vec(
                 "gateway_frames_in_total",
@@ -233,9 +235,40 @@ impl Metrics {
                 "gateway_broker_inbound_lost_total",
                 "Inbound broker messages dropped because the reader fell behind the client's buffer",
             )?,
+            sessions_ended: counter_vec(
+                "gateway_sessions_ended_total",
+                "Sessions ended, by who ended them (client, network, server, policy)",
+                "by",
+                &ended,
+            )?,
+            protocol_violations: counter_vec(
+                "gateway_protocol_violations_total",
+                "WebSocket protocol violations by peers (each closed with 1002 or 1007), by kind",
+                "kind",
+                &VIOLATIONS,
+            )?,
+            events_dropped: counter_vec(
+                "gateway_events_dropped_total",
+                "Broker events not delivered, by reason",
+                "reason",
+                &DROP_REASONS,
+            )?,
+            http_errors: counter_vec(
+                "gateway_http_errors_total",
+                "HTTP connections ended by a malformed, slow or oversized request head, by kind",
+                "kind",
+                &HTTP_ERRORS,
+            )?,
             draining: gauge("gateway_draining", "1 while the node is draining")?,
             ready: gauge("gateway_ready", "1 while the node accepts new sockets")?,
         })
+    }
+
+    /// Counts the end of a session.
+    pub fn session_ended(&self, end: End) {
+        self.sessions_ended
+            .with_label_values(&[end.by.label()])
+            .inc();
     }
 
     /// Counts a server-initiated close.

@@ -1,10 +1,20 @@
-//! The per-socket outbound queue: bounded in frames and in bytes. The hub
-//! pushes without ever waiting; the socket's session drains it in batches.
+//! The per-socket outbound queue, and the socket's only write path: events
+//! from the hub, replies, pings and resumed history all pass through it, in
+//! one order, so write timeouts, byte metrics and slow-consumer handling are
+//! coded once. The hub pushes without ever waiting; the socket's session
+//! drains it in batches.
 //!
-//! An overflow does not block or drop silently: it marks the socket as a slow
-//! consumer and wakes the session, which closes it with 4008. An idle outbox
-//! allocates nothing (an empty `VecDeque` and a `Notify`), which is what keeps
-//! an idle socket cheap; a tokio mpsc would allocate its first block eagerly.
+//! Bounded in frames and in bytes: an overflow does not block or drop
+//! silently, it marks the socket as a slow consumer and wakes the session,
+//! which closes it with 4008. Replayed history is the one exception (the
+//! contract paces a replay to the socket rather than to the queue's limit),
+//! so it is queued uncounted. An idle outbox allocates nothing (an empty
+//! `VecDeque` and a `Notify`), which is what keeps an idle socket cheap.
+//!
+//! A *hold* parks one channel's events while the session resumes it: they
+//! wait beside the queue until `release` puts the reply, the replay and then
+//! the held events (minus those the replay already covered) into the queue in
+//! one step, so nothing of that channel can overtake the replay.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -13,7 +23,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::protocol::Disconnect;
+use crate::protocol::{Channel, Disconnect};
 
 /// One queued frame.
 #[derive(Debug)]
@@ -22,6 +32,19 @@ pub struct Outgoing {
     pub message: Message,
     /// When the node received the publication, for the fan-out latency metric.
     pub received_at: Option<Instant>,
+    /// Whether the frame counts against the queue's bounds (replays do not).
+    counted: bool,
+}
+
+impl Outgoing {
+    /// A frame that counts against the bounds.
+    pub fn new(message: Message, received_at: Option<Instant>) -> Outgoing {
+        Outgoing {
+            message,
+            received_at,
+            counted: true,
+        }
+    }
 }
 
 /// Why a push was refused.
@@ -42,11 +65,22 @@ pub enum Status {
     Close(Disconnect),
 }
 
+/// Events of one channel parked while the session resumes it.
+#[derive(Debug)]
+struct Hold {
+    channel: Channel,
+    frames: VecDeque<(Outgoing, Option<u64>)>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Outgoing>,
+    /// Frames and bytes that count against the bounds (queue and holds).
+    frames: usize,
     bytes: usize,
     close: Option<Disconnect>,
+    /// Empty except while a channel is being resumed.
+    holds: Vec<Hold>,
 }
 
 /// A bounded queue of outbound frames for one socket.
@@ -76,36 +110,111 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a frame without waiting. On overflow the queue is discarded and
-    /// the socket is marked for a 4008 close.
-    pub fn push(&self, message: Message, received_at: Option<Instant>) -> Result<(), PushError> {
-        let len = message.len();
+    /// Queues a reply, ping or other frame of the socket's own.
+    pub fn push(&self, message: Message) -> Result<(), PushError> {
+        self.push_to(None, Outgoing::new(message, None), None)
+    }
+
+    /// Queues an event of `channel` (with its offset, when it has one)
+    /// without waiting; parked instead if the channel is held.
+    pub fn push_event(
+        &self,
+        channel: &Channel,
+        message: Message,
+        offset: Option<u64>,
+        received_at: Instant,
+    ) -> Result<(), PushError> {
+        self.push_to(
+            Some(channel),
+            Outgoing::new(message, Some(received_at)),
+            offset,
+        )
+    }
+
+    fn push_to(
+        &self,
+        channel: Option<&Channel>,
+        out: Outgoing,
+        offset: Option<u64>,
+    ) -> Result<(), PushError> {
+        let len = out.message.len();
         let mut state = self.lock();
         if state.close.is_some() {
             return Err(PushError::Closed);
         }
-        if state.queue.len() >= self.max_frames as usize
-            || state.bytes + len > self.max_bytes as usize
-        {
+        if state.frames >= self.max_frames as usize || state.bytes + len > self.max_bytes as usize {
             state.close = Some(Disconnect::SlowConsumer);
             state.queue = VecDeque::new();
+            state.holds = Vec::new();
+            state.frames = 0;
             state.bytes = 0;
             drop(state);
             self.wake.notify_one();
             return Err(PushError::Full);
         }
-        let was_empty = state.queue.is_empty();
-        state.queue.push_back(Outgoing {
-            message,
-            received_at,
-        });
+        state.frames += 1;
         state.bytes += len;
+        if let Some(channel) = channel
+            && !state.holds.is_empty()
+            && let Some(hold) = state.holds.iter_mut().find(|h| h.channel == *channel)
+        {
+            hold.frames.push_back((out, offset));
+            return Ok(());
+        }
+        let was_empty = state.queue.is_empty();
+        state.queue.push_back(out);
         drop(state);
         // One wake-up per batch: the session takes everything queued at once.
         if was_empty {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Parks `channel`'s events from now on, until [`release`](Self::release).
+    pub fn hold(&self, channel: &Channel) {
+        let mut state = self.lock();
+        if !state.holds.iter().any(|h| h.channel == *channel) {
+            state.holds.push(Hold {
+                channel: channel.clone(),
+                frames: VecDeque::new(),
+            });
+        }
+    }
+
+    /// Ends the hold on `channel`: queues `front` (the reply and any replayed
+    /// history, uncounted), then the parked events whose offset is above
+    /// `after` (all of them without an offset, or when `after` is `None`).
+    pub fn release(&self, channel: &Channel, front: Vec<Message>, after: Option<u64>) {
+        let mut state = self.lock();
+        let held = match state.holds.iter().position(|h| h.channel == *channel) {
+            Some(i) => state.holds.swap_remove(i).frames,
+            None => VecDeque::new(),
+        };
+        if state.close.is_some() {
+            return;
+        }
+        state
+            .queue
+            .extend(front.into_iter().map(|message| Outgoing {
+                message,
+                received_at: None,
+                counted: false,
+            }));
+        for (out, offset) in held {
+            let covered = matches!((after, offset), (Some(a), Some(o)) if o <= a);
+            if covered {
+                state.frames -= 1;
+                state.bytes -= out.message.len();
+            } else {
+                state.queue.push_back(out);
+            }
+        }
+        let pending = !state.queue.is_empty();
+        drop(state);
+        if pending {
+            self.wake.notify_one();
+        }
     }
 
     /// Asks the session to close with `reason` once what is queued is written
@@ -124,18 +233,26 @@ impl Outbox {
         self.wake.notified().await
     }
 
-    /// Moves every queued frame into `batch` and reports whether to close.
-    pub fn take(&self, batch: &mut VecDeque<Outgoing>) -> Status {
+    /// Moves up to `max` queued frames into `batch` and reports whether to
+    /// close (only once nothing is left to write, so queued frames go first).
+    pub fn take(&self, batch: &mut VecDeque<Outgoing>, max: usize) -> Status {
         let mut state = self.lock();
-        if batch.is_empty() {
+        if state.close == Some(Disconnect::SlowConsumer) {
+            return Status::Close(Disconnect::SlowConsumer);
+        }
+        if batch.is_empty() && state.queue.len() <= max {
             std::mem::swap(batch, &mut state.queue);
         } else {
-            batch.append(&mut state.queue);
+            let n = state.queue.len().min(max);
+            batch.extend(state.queue.drain(..n));
         }
-        state.bytes = 0;
+        for out in batch.iter().filter(|o| o.counted) {
+            state.frames -= 1;
+            state.bytes -= out.message.len();
+        }
         match state.close {
-            Some(reason) => Status::Close(reason),
-            None => Status::Open,
+            Some(reason) if state.queue.is_empty() => Status::Close(reason),
+            _ => Status::Open,
         }
     }
 
@@ -155,12 +272,13 @@ impl Outbox {
         }
     }
 
-    /// Frames currently queued (for tests and introspection).
+    /// Frames currently queued or held (for tests and introspection).
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        let state = self.lock();
+        state.queue.len() + state.holds.iter().map(|h| h.frames.len()).sum::<usize>()
     }
 
-    /// Whether nothing is queued.
+    /// Whether nothing is queued or held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -169,51 +287,144 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::RoomName;
+
+    const ALL: usize = usize::MAX;
 
     fn msg(n: usize) -> Message {
         Message::binary(vec![0u8; n])
     }
 
+    fn room(name: &str) -> Channel {
+        Channel::Room(RoomName::parse(name).unwrap())
+    }
+
+    fn event(o: &Outbox, c: &Channel, offset: u64) -> Result<(), PushError> {
+        o.push_event(
+            c,
+            Message::text(offset.to_string()),
+            Some(offset),
+            Instant::now(),
+        )
+    }
+
+    fn texts(batch: &VecDeque<Outgoing>) -> Vec<String> {
+        batch
+            .iter()
+            .map(|o| o.message.to_text().unwrap().to_owned())
+            .collect()
+    }
+
     #[test]
     fn bounded_in_frames() {
         let o = Outbox::new(2, 1000);
-        assert!(o.push(msg(1), None).is_ok());
-        assert!(o.push(msg(1), None).is_ok());
-        assert_eq!(o.push(msg(1), None), Err(PushError::Full));
+        assert!(o.push(msg(1)).is_ok());
+        assert!(o.push(msg(1)).is_ok());
+        assert_eq!(o.push(msg(1)), Err(PushError::Full));
         let mut batch = VecDeque::new();
-        assert_eq!(o.take(&mut batch), Status::Close(Disconnect::SlowConsumer));
+        assert_eq!(
+            o.take(&mut batch, ALL),
+            Status::Close(Disconnect::SlowConsumer)
+        );
         assert!(batch.is_empty(), "a slow consumer's queue is discarded");
-        assert_eq!(o.push(msg(1), None), Err(PushError::Closed));
+        assert_eq!(o.push(msg(1)), Err(PushError::Closed));
     }
 
     #[test]
     fn bounded_in_bytes() {
         let o = Outbox::new(100, 10);
-        assert!(o.push(msg(6), None).is_ok());
-        assert_eq!(o.push(msg(6), None), Err(PushError::Full));
+        assert!(o.push(msg(6)).is_ok());
+        assert_eq!(o.push(msg(6)), Err(PushError::Full));
     }
 
     #[test]
     fn take_moves_everything_and_frees_the_budget() {
         let o = Outbox::new(2, 100);
-        o.push(msg(1), None).unwrap();
-        o.push(msg(1), None).unwrap();
+        o.push(msg(1)).unwrap();
+        o.push(msg(1)).unwrap();
         let mut batch = VecDeque::new();
-        assert_eq!(o.take(&mut batch), Status::Open);
+        assert_eq!(o.take(&mut batch, ALL), Status::Open);
         assert_eq!(batch.len(), 2);
         assert!(o.is_empty());
-        o.push(msg(1), None).unwrap();
-        o.push(msg(1), None).unwrap();
+        o.push(msg(1)).unwrap();
+        o.push(msg(1)).unwrap();
+    }
+
+    #[test]
+    fn take_honours_its_maximum_and_closes_only_when_empty() {
+        let o = Outbox::new(10, 100);
+        for _ in 0..3 {
+            o.push(msg(1)).unwrap();
+        }
+        o.close(Disconnect::Draining);
+        let mut batch = VecDeque::new();
+        assert_eq!(o.take(&mut batch, 2), Status::Open);
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        assert_eq!(o.take(&mut batch, 2), Status::Close(Disconnect::Draining));
+        assert_eq!(batch.len(), 1);
     }
 
     #[test]
     fn drain_close_keeps_queued_frames() {
         let o = Outbox::new(10, 100);
-        o.push(msg(1), None).unwrap();
+        o.push(msg(1)).unwrap();
         o.close(Disconnect::Draining);
         let mut batch = VecDeque::new();
-        assert_eq!(o.take(&mut batch), Status::Close(Disconnect::Draining));
+        assert_eq!(o.take(&mut batch, ALL), Status::Close(Disconnect::Draining));
         assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn a_held_channel_waits_and_release_drops_what_the_replay_covered() {
+        let o = Outbox::new(100, 10_000);
+        let (lobby, other) = (room("lobby"), room("other"));
+        o.hold(&lobby);
+        event(&o, &lobby, 5).unwrap();
+        event(&o, &other, 1).unwrap();
+        event(&o, &lobby, 6).unwrap();
+        let mut batch = VecDeque::new();
+        o.take(&mut batch, ALL);
+        assert_eq!(texts(&batch), ["1"], "only the other channel flows");
+        batch.clear();
+        // The replay covered up to 5: 5 is a duplicate, 6 follows it.
+        o.release(
+            &lobby,
+            vec![
+                Message::text("ok"),
+                Message::text("r4"),
+                Message::text("r5"),
+            ],
+            Some(5),
+        );
+        event(&o, &lobby, 7).unwrap();
+        o.take(&mut batch, ALL);
+        assert_eq!(texts(&batch), ["ok", "r4", "r5", "6", "7"]);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn replays_are_not_counted_against_the_bounds() {
+        let o = Outbox::new(2, 100);
+        let lobby = room("lobby");
+        o.hold(&lobby);
+        o.release(&lobby, (0..50).map(|_| msg(10)).collect(), None);
+        assert!(o.push(msg(1)).is_ok());
+        assert!(o.push(msg(1)).is_ok());
+        let mut batch = VecDeque::new();
+        assert_eq!(o.take(&mut batch, ALL), Status::Open);
+        assert_eq!(batch.len(), 52);
+    }
+
+    #[test]
+    fn held_frames_count_against_the_bounds() {
+        let o = Outbox::new(2, 1000);
+        let lobby = room("lobby");
+        o.hold(&lobby);
+        event(&o, &lobby, 1).unwrap();
+        event(&o, &lobby, 2).unwrap();
+        assert_eq!(event(&o, &lobby, 3), Err(PushError::Full));
+        assert!(o.is_empty(), "a slow consumer's holds are discarded too");
     }
 
     #[tokio::test]
@@ -221,7 +432,7 @@ mod tests {
         let o = std::sync::Arc::new(Outbox::new(10, 100));
         let o2 = o.clone();
         let waiter = tokio::spawn(async move { o2.ready().await });
-        o.push(msg(1), None).unwrap();
+        o.push(msg(1)).unwrap();
         waiter.await.unwrap();
     }
 }

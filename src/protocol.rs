@@ -10,9 +10,13 @@ use std::sync::Arc;
 
 mod codec;
 mod event;
+pub mod payload;
+mod refusal;
 
 pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
 pub use event::{Event, Publication};
+pub use payload::{PayloadError, inspect};
+pub use refusal::Refusal;
 
 /// Longest room name the contract allows.
 pub const MAX_ROOM_LEN: usize = 128;
@@ -145,6 +149,8 @@ pub enum ErrorCode {
     BrokerUnavailable,
     /// The node is overloaded; retry later.
     Overloaded,
+    /// A published payload is too large in one of the wire encodings.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -160,11 +166,12 @@ impl ErrorCode {
             ErrorCode::SubMismatch => "sub_mismatch",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 
     /// Every code, for pre-registering metric label sets.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadFrame,
         ErrorCode::BadRoom,
         ErrorCode::Forbidden,
@@ -174,6 +181,7 @@ impl ErrorCode {
         ErrorCode::SubMismatch,
         ErrorCode::BrokerUnavailable,
         ErrorCode::Overloaded,
+        ErrorCode::TooLarge,
     ];
 }
 
@@ -219,8 +227,16 @@ pub enum Disconnect {
     Normal,
     /// 1001: the peer stopped answering heartbeats.
     HeartbeatTimeout,
+    /// 1002: the peer broke the WebSocket framing rules (reserved opcode or
+    /// bits, unmasked frame, oversized or fragmented control frame, stray
+    /// continuation).
+    ProtocolError,
+    /// 1007: a text frame that is not UTF-8.
+    InvalidPayload,
     /// 1012: node draining; reconnect elsewhere with jitter.
     Draining,
+    /// 1012: disconnected by the server API with `reconnect: true`.
+    Reconnect,
     /// 1008: repeated bad frames.
     PolicyViolation,
     /// 1009: a frame above `websocket.max_frame_bytes`.
@@ -229,6 +245,10 @@ pub enum Disconnect {
     Internal,
     /// 4001: token expired without refresh.
     TokenExpired,
+    /// 4001: the token was revoked (server API).
+    TokenRevoked,
+    /// 4003: disconnected by the server API; do not reconnect with the same credentials.
+    Kicked,
     /// 4008: outbound queue overflowed.
     SlowConsumer,
     /// 4029: inbound rate exceeded repeatedly.
@@ -241,11 +261,14 @@ impl Disconnect {
         match self {
             Disconnect::Normal => 1000,
             Disconnect::HeartbeatTimeout => 1001,
-            Disconnect::Draining => 1012,
+            Disconnect::ProtocolError => 1002,
+            Disconnect::InvalidPayload => 1007,
+            Disconnect::Draining | Disconnect::Reconnect => 1012,
             Disconnect::PolicyViolation => 1008,
             Disconnect::TooBig => 1009,
             Disconnect::Internal => 1011,
-            Disconnect::TokenExpired => 4001,
+            Disconnect::TokenExpired | Disconnect::TokenRevoked => 4001,
+            Disconnect::Kicked => 4003,
             Disconnect::SlowConsumer => 4008,
             Disconnect::RateLimited => 4029,
         }
@@ -256,25 +279,35 @@ impl Disconnect {
         match self {
             Disconnect::Normal => "bye",
             Disconnect::HeartbeatTimeout => "heartbeat timeout",
+            Disconnect::ProtocolError => "protocol error",
+            Disconnect::InvalidPayload => "invalid UTF-8 in a text frame",
             Disconnect::Draining => "node draining, reconnect",
+            Disconnect::Reconnect => "disconnected by the server, reconnect",
             Disconnect::PolicyViolation => "policy violation",
             Disconnect::TooBig => "frame too large",
             Disconnect::Internal => "internal error",
             Disconnect::TokenExpired => "token expired",
+            Disconnect::TokenRevoked => "token revoked",
+            Disconnect::Kicked => "disconnected by the server",
             Disconnect::SlowConsumer => "slow consumer",
             Disconnect::RateLimited => "rate limited",
         }
     }
 
     /// Every variant, for pre-registering metric label sets.
-    pub const ALL: [Disconnect; 9] = [
+    pub const ALL: [Disconnect; 14] = [
         Disconnect::Normal,
         Disconnect::HeartbeatTimeout,
+        Disconnect::ProtocolError,
+        Disconnect::InvalidPayload,
         Disconnect::Draining,
+        Disconnect::Reconnect,
         Disconnect::PolicyViolation,
         Disconnect::TooBig,
         Disconnect::Internal,
         Disconnect::TokenExpired,
+        Disconnect::TokenRevoked,
+        Disconnect::Kicked,
         Disconnect::SlowConsumer,
         Disconnect::RateLimited,
     ];

@@ -1,13 +1,24 @@
 //! One socket: a single task that selects over inbound frames, its outbox,
-//! the heartbeat and the token's expiry (one task, not a reader and a writer,
-//! because every task and channel costs memory on every idle socket).
+//! a command waiting on the broker, the heartbeat and the token's expiry (one
+//! task, not a reader and a writer, because every task and channel costs
+//! memory on every idle socket).
+//!
+//! Everything the socket sends goes through its outbox and is written by
+//! [`Session::flush_outbox`]: events, replies, pings. A command that waits on
+//! the broker (a first subscribe during a Redis failover can take seconds)
+//! runs as the session's one *pending* future: the session keeps writing its
+//! outbox, answering heartbeats and watching expiry meanwhile, and reads the
+//! next inbound frame only once the command is done, so replies keep the
+//! order of requests.
 //!
 //! The session owns the socket's room set and leaves every channel and the
 //! registry when it ends, however it ends (close, error, timeout, panic), so
 //! the node's tables never keep an entry for a gone socket.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,20 +27,24 @@ use rustc_hash::FxBuildHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::{Grants, Identity};
-use crate::broker::BrokerError;
 use crate::hub::{ConnId, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::protocol::{
-    Channel, ClientFrame, Disconnect, ErrorCode, Format, RequestId, RoomName, ServerFrame,
-    decode_client_frame, encode_server_frame,
-};
+use crate::protocol::{Channel, Disconnect, Format, RoomName};
+
+mod commands;
+mod end;
+#[cfg(test)]
+mod tests;
+
+pub use end::{End, EndedBy};
 
 /// How long a closing socket may take to deliver its close frame and get the
 /// peer's reply. A peer that stopped reading and then resumes needs a few
@@ -38,6 +53,11 @@ use crate::protocol::{
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// Rate-limit strikes older than this are forgotten.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// Most frames written in one batch (one flush): a long replay is written in
+/// several, so a write timeout measures progress, not the whole replay.
+const MAX_BATCH: usize = 512;
+/// A deadline "never": far beyond any token, and inside tokio's timer range.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
 /// What admission established about a socket before the upgrade.
 pub struct Admitted {
@@ -64,27 +84,31 @@ where
         cfg.websocket.outbox_max_frames,
         cfg.websocket.outbox_max_bytes,
     ));
-    let me = Subscriber { outbox, format };
-    let id = node.hub.register(me.clone());
-    // Upgraded just as the drain took its snapshot: close with the others.
-    if node.lifecycle.phase() != crate::lifecycle::Phase::Running {
-        me.outbox.close(Disconnect::Draining);
-    }
     let bucket = (cfg.limits.messages_per_second > 0).then(|| {
         TokenBucket::new(
             cfg.limits.messages_per_second,
             cfg.limits.message_burst.max(1),
         )
     });
+    let expires = deadline_of(identity.expires_at, cfg.auth.leeway_seconds);
+    let me = Subscriber { outbox, format };
+    // The user channel and broadcast are held until `welcome` is queued, so
+    // that `welcome` is the first frame whatever is published meanwhile.
+    let user_channel = Channel::User(identity.user.clone());
+    me.outbox.hold(&user_channel);
+    me.outbox.hold(&Channel::Broadcast);
+    // Nothing above can fail or panic; from here on the socket is in the
+    // tables, and everything runs under the guard that takes it out again.
+    let id = node.hub.register(me.clone());
     let mut session = Session {
-        expires: deadline_of(identity.expires_at + cfg.auth.leeway_seconds),
-        user: identity.user.clone(),
-        rooms_grant: identity.rooms,
-        publish_grant: identity.publish,
         node: node.clone(),
         ws,
         id,
         me,
+        user: identity.user,
+        rooms_grant: identity.rooms,
+        publish_grant: identity.publish,
+        expires,
         rooms: HashSet::default(),
         user_joined: false,
         bucket,
@@ -93,24 +117,37 @@ where
         bad_frames: 0,
         last_seen: Instant::now(),
         batch: VecDeque::new(),
+        pending: None,
     };
-    let outcome = AssertUnwindSafe(session.serve()).catch_unwind().await;
+    let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
+        Ok(end) => end,
+        Err(_) => {
+            tracing::error!(conn = id, "session panicked; socket dropped");
+            End::by(EndedBy::Server)
+        }
+    };
+    node.metrics.session_ended(end);
     // Leaving is boxed for the same reason as the branches of the event loop.
-    if outcome.is_err() {
-        tracing::error!(conn = id, "session panicked; socket dropped");
-        node.metrics.closed(Disconnect::Internal);
-    }
     Box::pin(session.leave_everything()).await;
     drop(permit);
 }
 
-fn deadline_of(unix_secs: u64) -> Instant {
+/// The instant a token expiring at `unix_secs` (plus `leeway`) stops being
+/// valid. Saturates: an absurd `exp` is "never", not an overflow.
+pub(crate) fn deadline_of(unix_secs: u64, leeway: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
+    let left = Duration::from_secs(unix_secs.saturating_add(leeway).saturating_sub(now));
+    let start = Instant::now();
+    start
+        .checked_add(left.min(FAR_FUTURE))
+        .unwrap_or(start + Duration::from_secs(86_400))
 }
+
+/// A command waiting on the broker; resolves to what the session applies.
+type Pending = Pin<Box<dyn Future<Output = commands::Done> + Send>>;
 
 struct Session<S> {
     node: Arc<Node>,
@@ -129,6 +166,7 @@ struct Session<S> {
     bad_frames: u32,
     last_seen: Instant,
     batch: VecDeque<Outgoing>,
+    pending: Option<Pending>,
 }
 
 /// What to do after handling one thing.
@@ -146,33 +184,13 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn serve(&mut self) {
-        let user_channel = Channel::User(self.user.clone());
-        match Box::pin(
-            self.node
-                .hub
-                .subscribe(&user_channel, self.id, self.me.clone()),
-        )
-        .await
-        {
-            Ok(_) => self.user_joined = true,
-            Err(e) => {
-                tracing::warn!(error = %e, "user channel subscribe failed; closing socket");
-                self.close(Disconnect::Internal).await;
-                return;
-            }
-        }
-        let welcome = ServerFrame::Welcome {
-            conn: format!("{:x}", self.id),
-            user: self.user.clone(),
-            node: self.node.id.clone(),
-            heartbeat: self.node.config.websocket.heartbeat_seconds,
-        };
-        if !matches!(Box::pin(self.reply(welcome)).await, Flow::Continue) {
-            return;
-        }
+    async fn serve(&mut self) -> End {
+        self.pending = Some(self.join());
         match self.event_loop().await {
-            Flow::Close(reason) => Box::pin(self.close(reason)).await,
+            Flow::Close(reason) => {
+                Box::pin(self.close(reason)).await;
+                End::closed(reason)
+            }
             Flow::PeerClosed => {
                 // tungstenite writes the close reply on the next poll; poll
                 // until the handshake completes so the peer sees a clean close.
@@ -181,8 +199,9 @@ where
                     while let Some(Ok(_)) = ws.next().await {}
                 })
                 .await;
+                End::by(EndedBy::Client)
             }
-            Flow::Continue | Flow::Gone => {}
+            Flow::Gone | Flow::Continue => End::by(EndedBy::Network),
         }
     }
 
@@ -201,24 +220,31 @@ where
             // heartbeats and token expiry.
             let flow = tokio::select! {
                 _ = outbox.ready() => Box::pin(self.flush_outbox()).await,
-                inbound = self.ws.next() => {
+                done = poll_pending(&mut self.pending), if self.pending.is_some() => {
+                    self.pending = None;
+                    // A command starts on an inbound frame (or the upgrade),
+                    // and nothing was read while it ran: that time is not
+                    // the peer's silence.
+                    self.last_seen = Instant::now();
+                    self.apply(done)
+                }
+                // The next request is read once the previous one is answered.
+                inbound = self.ws.next(), if self.pending.is_none() => {
                     self.last_seen = Instant::now();
                     match inbound {
                         // Boxed: the inbound path is rare next to the idle
                         // wait, and inlining its state would make every idle
                         // socket's task as large as its largest branch.
                         Some(Ok(message)) => Box::pin(self.on_message(message)).await,
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                            Flow::Close(Disconnect::TooBig)
-                        }
-                        Some(Err(_)) | None => Flow::Gone,
+                        Some(Err(e)) => self.on_read_error(e),
+                        None => Flow::Gone,
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if self.last_seen.elapsed() > silence_limit {
+                    if self.pending.is_none() && self.last_seen.elapsed() > silence_limit {
                         Flow::Close(Disconnect::HeartbeatTimeout)
                     } else {
-                        Box::pin(self.send(Message::Ping(Default::default()))).await
+                        self.queue(Message::Ping(Default::default()))
                     }
                 }
                 _ = &mut expiry => Flow::Close(Disconnect::TokenExpired),
@@ -233,9 +259,47 @@ where
         }
     }
 
-    /// Writes everything queued in one batch: `feed` each frame, one flush.
+    /// A read error: the peer broke the protocol (close with 1002 / 1007 /
+    /// 1009, counted by kind), or the connection is gone.
+    fn on_read_error(&mut self, e: WsError) -> Flow {
+        let kind = match &e {
+            WsError::Capacity(_) => return Flow::Close(Disconnect::TooBig),
+            WsError::Utf8(_) => "utf8",
+            WsError::Protocol(p) => match p {
+                ProtocolError::ResetWithoutClosingHandshake => return Flow::Gone,
+                ProtocolError::NonZeroReservedBits => "reserved_bits",
+                ProtocolError::UnknownControlFrameType(_)
+                | ProtocolError::UnknownDataFrameType(_) => "reserved_opcode",
+                ProtocolError::UnmaskedFrameFromClient => "unmasked",
+                ProtocolError::ControlFrameTooBig | ProtocolError::FragmentedControlFrame => {
+                    "control_frame"
+                }
+                ProtocolError::UnexpectedContinueFrame | ProtocolError::ExpectedFragment(_) => {
+                    "continuation"
+                }
+                ProtocolError::InvalidCloseSequence | ProtocolError::InvalidOpcode(_) => {
+                    "close_frame"
+                }
+                _ => "other",
+            },
+            _ => return Flow::Gone,
+        };
+        self.node
+            .metrics
+            .protocol_violations
+            .with_label_values(&[kind])
+            .inc();
+        if kind == "utf8" {
+            Flow::Close(Disconnect::InvalidPayload)
+        } else {
+            Flow::Close(Disconnect::ProtocolError)
+        }
+    }
+
+    /// Writes up to [`MAX_BATCH`] queued frames: `feed` each, one flush.
     async fn flush_outbox(&mut self) -> Flow {
-        let status = self.me.outbox.take(&mut self.batch);
+        let outbox = self.me.outbox.clone();
+        let status = outbox.take(&mut self.batch, MAX_BATCH);
         if status == Status::Close(Disconnect::SlowConsumer) {
             self.batch.clear();
             return Flow::Close(Disconnect::SlowConsumer);
@@ -245,7 +309,6 @@ where
             let frames = self.batch.len();
             let bytes: usize = self.batch.iter().map(|o| o.message.len()).sum();
             let write_timeout = Duration::from_millis(self.node.config.websocket.write_timeout_ms);
-            let outbox = self.me.outbox.clone();
             let written = {
                 let (ws, batch) = (&mut self.ws, &mut self.batch);
                 let write = tokio::time::timeout(write_timeout, async {
@@ -273,7 +336,8 @@ where
                 self.batch.clear();
                 return Flow::Close(Disconnect::SlowConsumer);
             }
-            // Wake-ups consumed above must not strand frames queued meanwhile.
+            // Wake-ups consumed above, and frames left beyond the batch, must
+            // not be stranded.
             outbox.rearm();
             if !matches!(written, Ok(Ok(()))) {
                 self.batch.clear();
@@ -297,208 +361,55 @@ where
     }
 
     async fn on_message(&mut self, message: Message) -> Flow {
+        if let Message::Close(_) = message {
+            return Flow::PeerClosed;
+        }
+        // Every inbound frame counts against the rate, control frames too: a
+        // ping flood costs a pong each.
+        if let Some(flow) = self.rate_limited() {
+            return flow;
+        }
         match message {
-            Message::Text(text) => self.on_frame(text.as_bytes(), false).await,
-            Message::Binary(bin) => self.on_frame(&bin, true).await,
-            Message::Close(_) => Flow::PeerClosed,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
-        }
-    }
-
-    async fn on_frame(&mut self, payload: &[u8], binary: bool) -> Flow {
-        // One Arc clone frees `self` for `&mut` calls; cloning `Metrics` would
-        // bump a reference count per metric on every inbound frame.
-        let node = self.node.clone();
-        let metrics = &node.metrics;
-        if let Some(bucket) = &mut self.bucket
-            && !bucket.take(std::time::Instant::now())
-        {
-            metrics.frames_in.with_label_values(&["invalid"]).inc();
-            if self.strikes_since.elapsed() > STRIKE_WINDOW {
-                self.strikes = 0;
-                self.strikes_since = Instant::now();
-            }
-            self.strikes += 1;
-            if self.strikes >= self.node.config.limits.rate_limit_strikes {
-                return Flow::Close(Disconnect::RateLimited);
-            }
-            return self
-                .error(
-                    None,
-                    ErrorCode::RateLimited,
-                    "message rate exceeded; frame dropped",
-                )
-                .await;
-        }
-        let frame = match decode_client_frame(payload, binary) {
-            Ok(frame) => frame,
-            Err(e) => {
-                metrics.frames_in.with_label_values(&["invalid"]).inc();
-                self.bad_frames += 1;
-                if self.bad_frames >= self.node.config.websocket.max_bad_frames {
-                    return Flow::Close(Disconnect::PolicyViolation);
-                }
-                return self.error(e.id, ErrorCode::BadFrame, &e.message).await;
-            }
-        };
-        match frame {
-            ClientFrame::Subscribe { room, id } => {
-                metrics.frames_in.with_label_values(&["subscribe"]).inc();
-                self.subscribe(&room, id).await
-            }
-            ClientFrame::Unsubscribe { room, id } => {
-                metrics.frames_in.with_label_values(&["unsubscribe"]).inc();
-                let Some(room) = RoomName::parse(&room) else {
-                    return self
-                        .error(id, ErrorCode::BadRoom, "invalid room name")
-                        .await;
-                };
-                if self.rooms.remove(&room) {
-                    self.node
-                        .hub
-                        .unsubscribe(&Channel::Room(room), self.id)
-                        .await;
-                }
-                self.reply(ServerFrame::Ok { id }).await
-            }
-            ClientFrame::Publish { room, data, id } => {
-                metrics.frames_in.with_label_values(&["publish"]).inc();
-                let Some(room) = RoomName::parse(&room) else {
-                    return self
-                        .error(id, ErrorCode::BadRoom, "invalid room name")
-                        .await;
-                };
-                if !self.publish_grant.allows(room.as_str()) {
-                    return self
-                        .error(
-                            id,
-                            ErrorCode::Forbidden,
-                            "token does not allow publishing to this room",
-                        )
-                        .await;
-                }
-                match self.node.broker().publish(Channel::Room(room), data) {
-                    Ok(()) => {
-                        metrics.publications_in.with_label_values(&["client"]).inc();
-                        self.reply(ServerFrame::Ok { id }).await
-                    }
-                    Err(e) => {
-                        metrics.broker_publish_errors.inc();
-                        let code = broker_error_code(&e);
-                        self.error(id, code, &e.to_string()).await
-                    }
-                }
-            }
-            ClientFrame::Refresh { token, id } => {
-                metrics.frames_in.with_label_values(&["refresh"]).inc();
-                self.refresh(&token, id).await
-            }
-            ClientFrame::Ping { id } => {
-                metrics.frames_in.with_label_values(&["ping"]).inc();
-                self.reply(ServerFrame::Pong { id }).await
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
-        let Some(room) = RoomName::parse(room) else {
-            return self
-                .error(
-                    id,
-                    ErrorCode::BadRoom,
-                    "room names are 1-128 characters of A-Z a-z 0-9 _ - : . @",
-                )
-                .await;
-        };
-        if !self.rooms_grant.allows(room.as_str()) {
-            return self
-                .error(id, ErrorCode::Forbidden, "token does not allow this room")
-                .await;
-        }
-        if self.rooms.contains(&room) {
-            return self.reply(ServerFrame::Ok { id }).await;
-        }
-        if self.rooms.len() >= self.node.config.limits.max_rooms_per_socket {
-            return self
-                .error(id, ErrorCode::TooManyRooms, "room limit per socket reached")
-                .await;
-        }
-        match self
-            .node
-            .hub
-            .subscribe(&Channel::Room(room.clone()), self.id, self.me.clone())
-            .await
-        {
-            Ok(_) => {
-                self.rooms.insert(room);
-                self.reply(ServerFrame::Ok { id }).await
-            }
-            Err(e) => self.error(id, broker_error_code(&e), &e.to_string()).await,
-        }
-    }
-
-    async fn refresh(&mut self, token: &str, id: Option<RequestId>) -> Flow {
-        // One Arc clone frees `self` for `&mut` calls; cloning `Metrics` would
-        // bump a reference count per metric on every inbound frame.
-        let node = self.node.clone();
-        let metrics = &node.metrics;
-        match self.node.verifier.verify(token) {
-            Err(e) => {
-                metrics.auth_failures.with_label_values(&[e.reason()]).inc();
-                self.error(id, ErrorCode::BadToken, e.message()).await
-            }
-            Ok(identity) if identity.user != self.user => {
-                metrics
-                    .auth_failures
-                    .with_label_values(&["sub_mismatch"])
-                    .inc();
-                self.error(
-                    id,
-                    ErrorCode::SubMismatch,
-                    "refresh token names another user",
-                )
-                .await
-            }
-            Ok(identity) => {
-                // Rooms already joined stay joined; the new grants apply to later subscribes.
-                self.expires =
-                    deadline_of(identity.expires_at + self.node.config.auth.leeway_seconds);
-                self.rooms_grant = identity.rooms;
-                self.publish_grant = identity.publish;
-                self.reply(ServerFrame::Ok { id }).await
-            }
-        }
-    }
-
-    async fn error(&mut self, id: Option<RequestId>, code: ErrorCode, message: &str) -> Flow {
-        self.node
-            .metrics
-            .errors_sent
-            .with_label_values(&[code.code()])
-            .inc();
-        self.reply(ServerFrame::Error {
-            id,
-            code,
-            message: message.to_string(),
-        })
-        .await
-    }
-
-    async fn reply(&mut self, frame: ServerFrame) -> Flow {
-        self.send(encode_server_frame(self.me.format, &frame)).await
-    }
-
-    async fn send(&mut self, message: Message) -> Flow {
-        let write_timeout = Duration::from_millis(self.node.config.websocket.write_timeout_ms);
-        let len = message.len() as u64;
-        match tokio::time::timeout(write_timeout, self.ws.send(message)).await {
-            Ok(Ok(())) => {
-                self.node.metrics.frames_out.inc();
-                self.node.metrics.bytes_out.inc_by(len);
+            Message::Text(text) => self.on_frame(text.as_bytes(), false),
+            Message::Binary(bin) => self.on_frame(&bin, true),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {
                 Flow::Continue
             }
-            _ => Flow::Gone,
         }
+    }
+
+    /// `Some` when the frame exceeded the socket's rate: an `error` frame, or
+    /// after `limits.rate_limit_strikes` of them within 10 s a 4029 close.
+    fn rate_limited(&mut self) -> Option<Flow> {
+        let bucket = self.bucket.as_mut()?;
+        if bucket.take(Instant::now()) {
+            return None;
+        }
+        self.node
+            .metrics
+            .frames_in
+            .with_label_values(&["invalid"])
+            .inc();
+        if self.strikes_since.elapsed() > STRIKE_WINDOW {
+            self.strikes = 0;
+            self.strikes_since = Instant::now();
+        }
+        self.strikes += 1;
+        if self.strikes >= self.node.config.limits.rate_limit_strikes {
+            return Some(Flow::Close(Disconnect::RateLimited));
+        }
+        Some(self.error(
+            None,
+            crate::protocol::ErrorCode::RateLimited,
+            "message rate exceeded; frame dropped",
+        ))
+    }
+
+    /// Queues one of the socket's own frames (reply, ping) behind what is
+    /// already queued. A full outbox has marked itself; the next flush closes.
+    fn queue(&mut self, message: Message) -> Flow {
+        let _ = self.me.outbox.push(message);
+        Flow::Continue
     }
 
     /// Sends a close frame and lingers briefly for the peer's reply, so the
@@ -525,6 +436,12 @@ where
     }
 
     async fn leave_everything(&mut self) {
+        // A command still waiting on the broker finishes first (bounded by
+        // the broker's own timeouts), so what it joined is left too.
+        if let Some(pending) = self.pending.take() {
+            let done = pending.await;
+            self.settle(&done);
+        }
         let hub = self.node.hub.clone();
         for room in std::mem::take(&mut self.rooms) {
             hub.unsubscribe(&Channel::Room(room), self.id).await;
@@ -537,9 +454,10 @@ where
     }
 }
 
-fn broker_error_code(e: &BrokerError) -> ErrorCode {
-    match e {
-        BrokerError::Overloaded => ErrorCode::Overloaded,
-        _ => ErrorCode::BrokerUnavailable,
+/// Polls the pending command; only called while there is one.
+async fn poll_pending(pending: &mut Option<Pending>) -> commands::Done {
+    match pending {
+        Some(future) => future.await,
+        None => std::future::pending().await,
     }
 }

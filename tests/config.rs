@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use gateway::config::{Config, ConfigError, DEV_HS_SECRET, LoadOptions, Loaded, load};
+use gateway::app::{Parts, check};
+use gateway::config::{
+    BrokerKind, Config, ConfigError, DEV_HS_SECRET, LoadOptions, Loaded, PubSub,
+};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
 
@@ -39,9 +42,9 @@ fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn load_file(contents: &str, vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+fn load_file(contents: &str, vars: &[(&str, &str)]) -> Result<Loaded<Parts>, ConfigError> {
     let file = TempFile::new(contents);
-    load(&LoadOptions {
+    check(&LoadOptions {
         file: Some(file.0.clone()),
         env: env(vars),
         ..LoadOptions::default()
@@ -67,7 +70,8 @@ fn an_empty_file_gives_the_defaults_plus_the_secret() {
     assert_eq!(loaded.config, expected);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(
-        expected.broker.kind, "memory",
+        expected.broker.kind,
+        BrokerKind::Memory,
         "defaults must run without Redis"
     );
 }
@@ -87,7 +91,7 @@ fn the_file_overrides_defaults() {
     assert_eq!(c.server.listen, "127.0.0.1:9000");
     assert_eq!(c.server.drain_seconds, 30);
     assert_eq!(c.broker.redis.nodes, ["r1:7000"]);
-    assert_eq!(c.broker.redis.pubsub, "classic");
+    assert_eq!(c.broker.redis.pubsub, PubSub::Classic);
     assert_eq!(
         c.websocket,
         Config::default().websocket,
@@ -117,7 +121,7 @@ fn the_environment_overrides_with_typed_values() {
     .unwrap();
     let c = loaded.config;
     assert_eq!(c.auth.hs_secret, SECRET);
-    assert_eq!(c.broker.kind, "redis");
+    assert_eq!(c.broker.kind, BrokerKind::Redis);
     assert_eq!(c.broker.redis.nodes, ["a:1", "b:2"]);
     assert!(!c.broker.redis.cluster);
     assert_eq!(c.websocket.max_frame_bytes, 4096);
@@ -130,7 +134,7 @@ fn a_flag_beats_the_environment_which_beats_the_file() {
         "[server]\nlisten = \"127.0.0.1:1111\"\nnode_id = \"from-file\"\ndrain_seconds = 7\n\
          [auth]\nhs_secret = \"{SECRET}\"\n"
     ));
-    let loaded = load(&LoadOptions {
+    let loaded = check(&LoadOptions {
         file: Some(file.0.clone()),
         env: env(&[
             ("GATEWAY_SERVER_LISTEN", "127.0.0.1:2222"),
@@ -300,11 +304,16 @@ fn missing_key_material_says_how_to_provide_it() {
         problem(&e, "auth.public_key_file").contains("auth.jwks_file"),
         "{e}"
     );
-    let ok = load_file(
+    // Key files are read by the check itself, as `serve` would read them.
+    let e = load_file(
         "[auth]\nalgorithms = [\"RS256\"]\njwks_file = \"keys.json\"\n",
         &[],
+    )
+    .unwrap_err();
+    assert!(
+        problem(&e, "auth.jwks_file").contains("cannot read keys.json"),
+        "{e}"
     );
-    assert!(ok.is_ok(), "key files are only checked for presence here");
 
     let e = load_file("", &[("GATEWAY_AUTH_HS_SECRET", "short")]).unwrap_err();
     let message = problem(&e, "auth.hs_secret");
@@ -328,7 +337,7 @@ fn missing_key_material_says_how_to_provide_it() {
 #[test]
 fn a_broken_file_is_named_with_its_position() {
     let file = TempFile::new("[server]\nlisten = = 1\n");
-    let e = load(&LoadOptions {
+    let e = check(&LoadOptions {
         file: Some(file.0.clone()),
         ..LoadOptions::default()
     })
@@ -342,7 +351,7 @@ fn a_broken_file_is_named_with_its_position() {
     );
 
     let missing = std::env::temp_dir().join("gateway-config-test-does-not-exist.toml");
-    let e = load(&LoadOptions {
+    let e = check(&LoadOptions {
         file: Some(missing.clone()),
         ..LoadOptions::default()
     })
@@ -364,7 +373,7 @@ fn the_development_secret_loads_with_a_warning() {
 
 #[test]
 fn the_repository_gateway_toml_equals_the_defaults_but_for_the_dev_secret() {
-    let loaded = load(&LoadOptions {
+    let loaded = check(&LoadOptions {
         file: Some(repo_gateway_toml()),
         ..LoadOptions::default()
     })

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound};
+use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound, Published};
 use crate::protocol::{Channel, Publication};
 
 /// In-process broker.
@@ -42,6 +42,25 @@ impl MemoryBroker {
     fn subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<Channel>> {
         self.subscribed.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn enqueue(&self, channel: Channel, payload: Bytes) -> Result<Published, BrokerError> {
+        let interested = channel == Channel::Broadcast || self.subscribed().contains(&channel);
+        if !interested {
+            return Ok(Published::default());
+        }
+        let publication = Publication {
+            channel,
+            payload,
+            received_at: Instant::now(),
+        };
+        self.tx
+            .try_send(publication)
+            .map(|()| Published::default())
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
+            })
+    }
 }
 
 impl Broker for MemoryBroker {
@@ -55,20 +74,13 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BrokerError> {
-        let interested = channel == Channel::Broadcast || self.subscribed().contains(&channel);
-        if !interested {
-            return Ok(());
-        }
-        let publication = Publication {
-            channel,
-            payload,
-            received_at: Instant::now(),
-        };
-        self.tx.try_send(publication).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
-        })
+    fn publish(
+        &self,
+        channel: Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Published, BrokerError>> {
+        let result = self.enqueue(channel, payload);
+        Box::pin(std::future::ready(result))
     }
 
     fn state(&self) -> watch::Receiver<BrokerState> {
@@ -77,6 +89,11 @@ impl Broker for MemoryBroker {
 
     fn subscription_count(&self) -> usize {
         self.subscribed().len()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        // No task of its own: the queue closes when the broker is dropped.
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -93,14 +110,17 @@ mod tests {
         broker.subscribe(&lobby).await.unwrap();
         broker
             .publish(other.clone(), Bytes::from_static(b"0"))
+            .await
             .unwrap();
         for i in 0..3 {
             broker
                 .publish(lobby.clone(), Bytes::from(i.to_string()))
+                .await
                 .unwrap();
         }
         broker
             .publish(Channel::Broadcast, Bytes::from_static(b"b"))
+            .await
             .unwrap();
         for i in 0..3 {
             let p = rx.recv().await.unwrap();
@@ -114,14 +134,17 @@ mod tests {
         assert_eq!(broker.subscription_count(), 0);
     }
 
-    #[test]
-    fn a_full_queue_is_an_error_not_a_wait() {
+    #[tokio::test]
+    async fn a_full_queue_is_an_error_not_a_wait() {
         let (broker, _rx) = MemoryBroker::new(1);
         broker
             .publish(Channel::Broadcast, Bytes::from_static(b"1"))
+            .await
             .unwrap();
         assert_eq!(
-            broker.publish(Channel::Broadcast, Bytes::from_static(b"2")),
+            broker
+                .publish(Channel::Broadcast, Bytes::from_static(b"2"))
+                .await,
             Err(BrokerError::Overloaded)
         );
     }

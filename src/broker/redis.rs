@@ -4,10 +4,13 @@
 //! `<prefix>broadcast` always; backends (and this node's HTTP and client
 //! publishes) publish there, and every interested node delivers.
 //!
-//! Layout: `publisher.rs` (bounded queue, own fred client, timeouts),
-//! `reconciler.rs` (one subscriber connection per master, readers, the
-//! reconcile passes), `probe.rs` (liveness and Up/Down), `table.rs` (desired
-//! vs live subscriptions), `topology.rs` (slot map), `names.rs`, `client.rs`.
+//! Layout: `settings.rs` (`[broker.redis]` validated, every problem at once),
+//! `shared.rs` (state shared by every part, and the tracker owning every
+//! task), `publisher.rs` (bounded queue, own fred client, timeouts),
+//! `reconciler.rs` (the reconcile passes), `connection.rs` (one subscriber
+//! connection per master with its reader and watcher), `probe.rs` (liveness
+//! and Up/Down), `table.rs` (desired vs live subscriptions), `topology.rs`
+//! (slot map), `names.rs`, `client.rs`.
 //!
 //! Modes: Redis Cluster with sharded pub/sub (SSUBSCRIBE/SPUBLISH, the
 //! default: each channel lives on the master owning its slot), classic
@@ -36,155 +39,27 @@ use fred::bytes_utils::Str;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound};
-use crate::config::{BrokerConfig, RedisConfig};
+use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound, Published};
 use crate::metrics::Metrics;
 use crate::protocol::Channel;
 
 mod client;
+mod connection;
 mod names;
 mod probe;
 mod publisher;
 mod reconciler;
+mod settings;
+mod shared;
 mod table;
 mod topology;
 
 use names::Names;
-use reconciler::Shared;
-use topology::Addr;
+pub use settings::RedisSettings;
+use shared::Shared;
 
-/// A `[broker.redis]` value the bridge cannot work with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSetupError {
-    /// The key, e.g. `broker.redis.tls_ca_file`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl std::fmt::Display for RedisSetupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-impl std::error::Error for RedisSetupError {}
-
-/// `[broker.redis]`, validated and in the types the bridge uses.
-struct Settings {
-    nodes: Vec<Addr>,
-    cluster: bool,
-    sharded: bool,
-    prefix: String,
-    username: Option<String>,
-    password: Option<String>,
-    tls: Option<fred::types::config::TlsConfig>,
-    connect_timeout: Duration,
-    command_timeout: Duration,
-    subscribe_timeout: Duration,
-    publish_timeout: Duration,
-    publish_queue: usize,
-    inbound_buffer: usize,
-    probe_interval: Duration,
-    probe_timeout: Duration,
-    reconcile_interval: Duration,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
-}
-
-impl Settings {
-    fn from_config(c: &RedisConfig) -> Result<Settings, RedisSetupError> {
-        let bad = |key: &str, message: String| RedisSetupError {
-            key: format!("broker.redis.{key}"),
-            message,
-        };
-        let nodes = c
-            .nodes
-            .iter()
-            .map(|n| {
-                Addr::parse(n)
-                    .ok_or_else(|| bad("nodes", format!("entries must be host:port (got {n:?})")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if nodes.is_empty() {
-            return Err(bad("nodes", "must list at least one host:port".into()));
-        }
-        let sharded = match c.pubsub.as_str() {
-            "sharded" => true,
-            "classic" => false,
-            other => {
-                return Err(bad(
-                    "pubsub",
-                    format!("must be \"sharded\" or \"classic\" (got {other:?})"),
-                ));
-            }
-        };
-        let ms = |key: &str, v: u64| -> Result<Duration, RedisSetupError> {
-            if v == 0 {
-                return Err(bad(key, "must be at least 1".into()));
-            }
-            Ok(Duration::from_millis(v))
-        };
-        let probe_interval = ms("probe_interval_ms", c.probe_interval_ms)?;
-        let probe_timeout = ms("probe_timeout_ms", c.probe_timeout_ms)?;
-        if probe_timeout <= probe_interval {
-            return Err(bad(
-                "probe_timeout_ms",
-                format!(
-                    "must be greater than broker.redis.probe_interval_ms ({})",
-                    c.probe_interval_ms
-                ),
-            ));
-        }
-        let reconnect_min = ms("reconnect_min_ms", c.reconnect_min_ms)?;
-        let reconnect_max = ms("reconnect_max_ms", c.reconnect_max_ms)?;
-        if reconnect_max < reconnect_min {
-            return Err(bad(
-                "reconnect_max_ms",
-                "must be at least broker.redis.reconnect_min_ms".into(),
-            ));
-        }
-        if c.publish_queue == 0 {
-            return Err(bad("publish_queue", "must be at least 1".into()));
-        }
-        if c.inbound_buffer < 16 {
-            return Err(bad("inbound_buffer", "must be at least 16".into()));
-        }
-        let tls = match (c.tls, c.tls_ca_file.is_empty()) {
-            (true, _) => {
-                Some(client::tls_config(&c.tls_ca_file).map_err(|e| bad("tls_ca_file", e))?)
-            }
-            (false, true) => None,
-            (false, false) => {
-                return Err(bad(
-                    "tls_ca_file",
-                    "is set but broker.redis.tls is false".into(),
-                ));
-            }
-        };
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-        Ok(Settings {
-            nodes,
-            cluster: c.cluster,
-            sharded,
-            prefix: c.prefix.clone(),
-            username: non_empty(&c.username),
-            password: non_empty(&c.password),
-            tls,
-            connect_timeout: ms("connect_timeout_ms", c.connect_timeout_ms)?,
-            command_timeout: ms("command_timeout_ms", c.command_timeout_ms)?,
-            subscribe_timeout: ms("subscribe_timeout_ms", c.subscribe_timeout_ms)?,
-            publish_timeout: ms("publish_timeout_ms", c.publish_timeout_ms)?,
-            publish_queue: c.publish_queue,
-            inbound_buffer: c.inbound_buffer,
-            probe_interval,
-            probe_timeout,
-            reconcile_interval: ms("reconcile_interval_ms", c.reconcile_interval_ms)?,
-            reconnect_min,
-            reconnect_max,
-        })
-    }
-}
+/// Time allowed for the bridge's tasks to end once it is closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// The Redis (Cluster) broker. Starts Down and connects in the background:
 /// a Redis that is unreachable at start-up delays readiness, not start-up.
@@ -197,29 +72,26 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Validates `[broker.redis]`, spawns the publisher, the reconciler and
-    /// the prober on the current runtime, and returns the broker with the
-    /// queue of inbound publications (`broker.queue_capacity` deep).
+    /// Spawns the publisher, the reconciler and the prober on the current
+    /// runtime, and returns the broker with the queue of inbound publications
+    /// (`queue_capacity` deep).
     pub fn start(
-        config: &BrokerConfig,
+        settings: RedisSettings,
+        queue_capacity: usize,
         metrics: Metrics,
-    ) -> Result<(Arc<RedisBroker>, Inbound), RedisSetupError> {
-        let settings = Arc::new(Settings::from_config(&config.redis)?);
+    ) -> Result<(Arc<RedisBroker>, Inbound), fred::error::Error> {
+        let settings = Arc::new(settings);
         let names = Names::new(&settings.prefix);
         let cancel = CancellationToken::new();
-        let publish = publisher::spawn(
+        let broadcast = names.channel(&Channel::Broadcast);
+        let shared = Arc::new(Shared::new(
             settings.clone(),
             names.clone(),
             metrics.clone(),
-            cancel.clone(),
-        )
-        .map_err(|e| RedisSetupError {
-            key: "broker.redis".into(),
-            message: e.to_string(),
-        })?;
-        let (inbound_tx, inbound) = mpsc::channel(config.queue_capacity.max(1));
-        let broadcast = names.channel(&Channel::Broadcast);
-        let shared = Arc::new(Shared::new(settings, names, metrics, broadcast.clone()));
+            broadcast.clone(),
+        ));
+        let publish = publisher::spawn(&shared, cancel.clone())?;
+        let (inbound_tx, inbound) = mpsc::channel(queue_capacity.max(1));
         let state = shared.state();
         reconciler::spawn(shared.clone(), inbound_tx, cancel.clone());
         Ok((
@@ -279,13 +151,20 @@ impl Broker for RedisBroker {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, channel: Channel, payload: Bytes) -> Result<(), BrokerError> {
-        self.publish
+    fn publish(
+        &self,
+        channel: Channel,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Published, BrokerError>> {
+        let queued = self
+            .publish
             .try_send((channel, payload))
+            .map(|()| Published::default())
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
-            })
+            });
+        Box::pin(std::future::ready(queued))
     }
 
     fn state(&self) -> watch::Receiver<BrokerState> {
@@ -297,52 +176,17 @@ impl Broker for RedisBroker {
     fn subscription_count(&self) -> usize {
         self.shared.table().live_count(&self.broadcast)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_validate_and_bad_values_name_their_key() {
-        assert!(Settings::from_config(&RedisConfig::default()).is_ok());
-        type Edit = fn(&mut RedisConfig);
-        let cases: [(&str, Edit); 6] = [
-            ("broker.redis.nodes", |c| c.nodes = vec!["nohost".into()]),
-            ("broker.redis.pubsub", |c| c.pubsub = "fancy".into()),
-            ("broker.redis.probe_timeout_ms", |c| {
-                c.probe_timeout_ms = c.probe_interval_ms
-            }),
-            ("broker.redis.command_timeout_ms", |c| {
-                c.command_timeout_ms = 0
-            }),
-            ("broker.redis.tls_ca_file", |c| {
-                c.tls_ca_file = "/nonexistent.pem".into()
-            }),
-            ("broker.redis.reconnect_max_ms", |c| c.reconnect_max_ms = 1),
-        ];
-        for (key, edit) in cases {
-            let mut c = RedisConfig::default();
-            edit(&mut c);
-            match Settings::from_config(&c) {
-                Err(e) => assert_eq!(e.key, key),
-                Ok(_) => panic!("{key} accepted"),
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.cancel.cancel();
+            self.shared.tasks.close();
+            if tokio::time::timeout(CLOSE_GRACE, self.shared.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("redis bridge tasks did not end in time");
             }
-        }
-        let mut c = RedisConfig {
-            tls: true,
-            tls_ca_file: "/nonexistent.pem".into(),
-            ..RedisConfig::default()
-        };
-        assert!(
-            Settings::from_config(&c)
-                .err()
-                .unwrap()
-                .message
-                .contains("cannot read")
-        );
-        c.tls_ca_file = String::new();
-        c.tls = false;
-        assert!(Settings::from_config(&c).is_ok());
+        })
     }
 }

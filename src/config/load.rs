@@ -4,6 +4,12 @@
 //! problem (unknown key, bad type, bad value, missing key material) is reported
 //! with the key it concerns, all at once. The environment is injected through
 //! [`LoadOptions`] so tests never touch the process environment.
+//!
+//! Checks that need a component's knowledge (the algorithm table and secret
+//! policy live in `auth`, the Redis settings in the broker) are not repeated
+//! here: the caller passes them in as the `deep` check, which runs on the same
+//! merged tree in the same pass, so `check-config` and `serve` (which both go
+//! through `app::check`) can never disagree.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,14 +33,6 @@ const DEFAULT_FILE: &str = "gateway.toml";
 
 /// What `source` says when no file was read.
 const BUILT_IN: &str = "built-in defaults";
-
-/// Shortest accepted HMAC secret: HS256 wants at least its 256-bit output size.
-const MIN_HS_SECRET_BYTES: usize = 32;
-
-const HMAC_ALGORITHMS: [&str; 3] = ["HS256", "HS384", "HS512"];
-const KEYED_ALGORITHMS: [&str; 7] = [
-    "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
-];
 
 /// Where the configuration comes from, besides the built-in defaults.
 #[derive(Clone, Default)]
@@ -63,9 +61,9 @@ impl fmt::Debug for LoadOptions {
     }
 }
 
-/// A configuration that passed validation.
+/// A configuration that passed validation, with what the deep check built.
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub struct Loaded<T = ()> {
     /// The validated tree.
     pub config: Config,
     /// The file that was read, or `"built-in defaults"`.
@@ -73,7 +71,13 @@ pub struct Loaded {
     /// Things that are allowed but dangerous (e.g. the development secret);
     /// `serve` logs them at start-up, `check-config` prints them.
     pub warnings: Vec<String>,
+    /// What the deep check built from the tree (key material, settings).
+    pub parts: T,
 }
+
+/// The outcome of a deep check: what it built and its warnings, or every
+/// problem it found.
+pub type Deep<T> = Result<(T, Vec<String>), Vec<Problem>>;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +90,8 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -142,8 +147,12 @@ impl fmt::Display for Origin {
 /// Leaves set by the file, environment and flags, keyed by path; later layers win.
 type Layers = BTreeMap<Vec<String>, (Value, Origin)>;
 
-/// Loads, merges and validates the configuration, reporting every problem.
-pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+/// Loads, merges and validates the configuration, then runs `deep` on the
+/// merged tree, reporting every problem of both.
+pub fn load<T>(
+    opts: &LoadOptions,
+    deep: impl FnOnce(&Config) -> Deep<T>,
+) -> Result<Loaded<T>, ConfigError> {
     let schema =
         Table::try_from(Config::default()).expect("the default configuration is plain TOML data");
     let mut problems = Vec::new();
@@ -182,7 +191,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     // A key already reported was reset to its default; judging that default
     // would only add noise about a value the user never wrote.
     let reported: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
-    for mut problem in validate(&config) {
+    let (deep_problems, built) = match deep(&config) {
+        Ok(built) => (Vec::new(), Some(built)),
+        Err(problems) => (problems, None),
+    };
+    for mut problem in validate(&config).into_iter().chain(deep_problems) {
         if reported.contains(&problem.key) {
             continue;
         }
@@ -192,15 +205,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         }
         problems.push(problem);
     }
-    if !problems.is_empty() {
-        return Err(ConfigError { problems });
+    match built {
+        Some((parts, warnings)) if problems.is_empty() => Ok(Loaded {
+            config,
+            source,
+            warnings,
+            parts,
+        }),
+        _ => Err(ConfigError { problems }),
     }
-    let warnings = warnings(&config);
-    Ok(Loaded {
-        config,
-        source,
-        warnings,
-    })
+}
+
+/// [`load`] without a deep check: the tree alone (for tests of layering and
+/// for tools that only read values).
+pub fn load_tree(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
+    load(opts, |_| Ok(((), Vec::new())))
 }
 
 fn overlay_flags(opts: &LoadOptions, layers: &mut Layers) {
@@ -418,6 +437,14 @@ fn validate(c: &Config) -> Vec<Problem> {
             format!("must be at most 3600 (got {})", c.server.drain_seconds),
         );
     }
+    // hyper refuses a read buffer below 8 KiB.
+    in_range(
+        &mut bad,
+        "server.max_header_bytes",
+        c.server.max_header_bytes,
+        8192,
+        1 << 20,
+    );
     if c.server.handshake_timeout_ms == 0 {
         bad(
             "server.handshake_timeout_ms",
@@ -502,111 +529,8 @@ fn validate(c: &Config) -> Vec<Problem> {
     }
 
     // [broker]
-    let b = &c.broker;
-    if !["memory", "redis"].contains(&b.kind.as_str()) {
-        bad(
-            "broker.kind",
-            format!("must be \"memory\" or \"redis\" (got {:?})", b.kind),
-        );
-    }
-    if b.queue_capacity < 1 {
+    if c.broker.queue_capacity < 1 {
         bad("broker.queue_capacity", "must be at least 1".to_owned());
-    }
-    if !["sharded", "classic"].contains(&b.redis.pubsub.as_str()) {
-        bad(
-            "broker.redis.pubsub",
-            format!(
-                "must be \"sharded\" or \"classic\" (got {:?})",
-                b.redis.pubsub
-            ),
-        );
-    }
-    if b.kind == "redis" {
-        if b.redis.nodes.is_empty() {
-            bad(
-                "broker.redis.nodes",
-                "must list at least one host:port when broker.kind = \"redis\"".to_owned(),
-            );
-        }
-        for node in &b.redis.nodes {
-            if !is_host_port(node) {
-                bad(
-                    "broker.redis.nodes",
-                    format!("entries must be host:port (got {node:?})"),
-                );
-            }
-        }
-    }
-
-    // [auth]
-    let a = &c.auth;
-    if a.algorithms.is_empty() {
-        bad(
-            "auth.algorithms",
-            "must list at least one algorithm".to_owned(),
-        );
-    }
-    for alg in &a.algorithms {
-        if !HMAC_ALGORITHMS.contains(&alg.as_str()) && !KEYED_ALGORITHMS.contains(&alg.as_str()) {
-            bad(
-                "auth.algorithms",
-                format!(
-                    "unsupported algorithm {alg:?}; supported: {}, {}",
-                    HMAC_ALGORITHMS.join(", "),
-                    KEYED_ALGORITHMS.join(", ")
-                ),
-            );
-        }
-    }
-    let hmac = a
-        .algorithms
-        .iter()
-        .find(|alg| HMAC_ALGORITHMS.contains(&alg.as_str()));
-    let has_secret = !a.hs_secret.is_empty();
-    let has_secret_file = !a.hs_secret_file.is_empty();
-    if let Some(alg) = hmac
-        && !has_secret
-        && !has_secret_file
-    {
-        bad(
-            "auth.hs_secret",
-            format!(
-                "{alg} needs an HMAC secret: set auth.hs_secret in the config file, \
-                 GATEWAY_AUTH_HS_SECRET in the environment, or auth.hs_secret_file"
-            ),
-        );
-    }
-    if has_secret && has_secret_file {
-        bad(
-            "auth.hs_secret_file",
-            "set only one of auth.hs_secret and auth.hs_secret_file".to_owned(),
-        );
-    }
-    if has_secret && a.hs_secret.len() < MIN_HS_SECRET_BYTES {
-        // Never echo the secret itself, only its length.
-        bad(
-            "auth.hs_secret",
-            format!(
-                "must be at least {MIN_HS_SECRET_BYTES} bytes (got {})",
-                a.hs_secret.len()
-            ),
-        );
-    }
-    let keyed = a
-        .algorithms
-        .iter()
-        .find(|alg| KEYED_ALGORITHMS.contains(&alg.as_str()));
-    if let Some(alg) = keyed
-        && a.public_key_file.is_empty()
-        && a.jwks_file.is_empty()
-    {
-        bad(
-            "auth.public_key_file",
-            format!(
-                "{alg} needs a public key: set auth.public_key_file (PEM) or auth.jwks_file \
-                 (or GATEWAY_AUTH_PUBLIC_KEY_FILE / GATEWAY_AUTH_JWKS_FILE)"
-            ),
-        );
     }
 
     // [api]
@@ -615,12 +539,6 @@ fn validate(c: &Config) -> Vec<Problem> {
     }
 
     // [log]
-    if !["text", "json"].contains(&c.log.format.as_str()) {
-        bad(
-            "log.format",
-            format!("must be \"text\" or \"json\" (got {:?})", c.log.format),
-        );
-    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         bad(
             "log.level",
@@ -640,26 +558,6 @@ fn in_range(bad: &mut impl FnMut(&str, String), key: &str, value: usize, min: us
     }
 }
 
-/// `host:port` with a non-empty host and a non-zero port (`[v6]:port` included).
-fn is_host_port(node: &str) -> bool {
-    match node.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
-    }
-}
-
-fn warnings(c: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if c.auth.hs_secret == DEV_HS_SECRET {
-        out.push(
-            "auth.hs_secret is the repository's DEVELOPMENT secret: anyone can mint tokens; \
-             set GATEWAY_AUTH_HS_SECRET in production"
-                .to_owned(),
-        );
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,17 +570,6 @@ mod tests {
         );
         assert_eq!(closest("zzzz", ["hs_secret", "issuer"].into_iter()), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
-
-    #[test]
-    fn host_port_needs_both_parts() {
-        assert!(is_host_port("10.0.0.5:7000"));
-        assert!(is_host_port("redis-0.redis:6379"));
-        assert!(is_host_port("[::1]:7000"));
-        assert!(!is_host_port("10.0.0.5"));
-        assert!(!is_host_port(":7000"));
-        assert!(!is_host_port("host:0"));
-        assert!(!is_host_port("host:http"));
     }
 
     #[test]

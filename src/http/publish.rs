@@ -8,15 +8,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{self, CONTENT_LENGTH};
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{HttpResponse, error, json};
+use super::{HttpResponse, bearer, error, json};
 use crate::broker::BrokerError;
 use crate::node::Node;
-use crate::protocol::Channel;
+use crate::protocol::{Channel, PayloadError, inspect};
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -35,15 +35,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
             "the publish API is disabled: configure api.keys",
         );
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .unwrap_or("");
+    let presented = bearer(req.headers()).unwrap_or("");
     if !keys
         .iter()
         .any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
@@ -95,8 +87,16 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
         );
     };
     let payload = Bytes::copy_from_slice(parsed.data.get().as_bytes());
-    match node.broker().publish(channel, payload) {
-        Ok(()) => {
+    // The same check as client publishes and the broker's inbound path.
+    match inspect(&payload, node.config.websocket.max_frame_bytes) {
+        Ok(_) => {}
+        Err(e @ PayloadError::TooLarge { .. }) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.to_string());
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    }
+    match node.broker().publish(channel, payload).await {
+        Ok(_) => {
             node.metrics
                 .publications_in
                 .with_label_values(&["http"])

@@ -3,7 +3,11 @@
 //!
 //! Backend payloads that are valid JSON are spliced into the JSON event frame
 //! verbatim (validated without building a tree); anything else becomes a JSON
-//! string. MessagePack sockets get one conversion per publication, not per socket.
+//! string, and so does JSON nested deeper than [`super::payload::MAX_DEPTH`],
+//! so that every format receives the same data. A payload too large for a
+//! socket's queue in either encoding is refused here (the caller counts and
+//! drops it) rather than evicting every subscriber with 4008. MessagePack
+//! sockets get one conversion per publication, not per socket.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -12,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::payload::{PayloadError, inspect};
 use super::{Channel, Format};
 
 /// A message as the node received it from the broker.
@@ -37,26 +42,38 @@ pub struct Event {
 }
 
 impl Event {
-    /// Validates the payload once; non-JSON payloads become a JSON string.
-    pub fn new(publication: Publication) -> Event {
+    /// Validates the payload once: non-JSON (and too deeply nested) payloads
+    /// become a JSON string; a payload whose JSON or MessagePack encoding
+    /// exceeds `limit` bytes is refused.
+    pub fn new(publication: Publication, limit: usize) -> Result<Event, PayloadError> {
         let Publication {
             channel,
             payload,
             received_at,
         } = publication;
-        let data = if is_json(&payload) {
-            payload
-        } else {
-            let text = String::from_utf8_lossy(&payload);
-            Bytes::from(serde_json::to_vec(&text).unwrap_or_default())
+        let data = match inspect(&payload, limit) {
+            Ok(_) => payload,
+            Err(PayloadError::NotJson | PayloadError::TooDeep) => {
+                let text = String::from_utf8_lossy(&payload);
+                let string = Bytes::from(serde_json::to_vec(&text).unwrap_or_default());
+                // A string's MessagePack form is never larger than its JSON form.
+                if string.len() > limit {
+                    return Err(PayloadError::TooLarge {
+                        json: string.len(),
+                        msgpack: string.len(),
+                    });
+                }
+                string
+            }
+            Err(e @ PayloadError::TooLarge { .. }) => return Err(e),
         };
-        Event {
+        Ok(Event {
             channel,
             data,
             received_at,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
-        }
+        })
     }
 
     /// The channel this event is for.
@@ -112,25 +129,21 @@ impl Event {
     }
 }
 
-/// Full validation (UTF-8 included) without building a `Value` tree.
-fn is_json(payload: &[u8]) -> bool {
-    match std::str::from_utf8(payload) {
-        Ok(text) => serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::RoomName;
 
     fn event(payload: &'static [u8]) -> Event {
-        Event::new(Publication {
-            channel: Channel::Room(RoomName::parse("lobby").unwrap()),
-            payload: Bytes::from_static(payload),
-            received_at: Instant::now(),
-        })
+        Event::new(
+            Publication {
+                channel: Channel::Room(RoomName::parse("lobby").unwrap()),
+                payload: Bytes::from_static(payload),
+                received_at: Instant::now(),
+            },
+            1 << 20,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -157,11 +170,15 @@ mod tests {
 
     #[test]
     fn user_channel_names_are_escaped() {
-        let e = Event::new(Publication {
-            channel: Channel::User("a\"b".into()),
-            payload: Bytes::from_static(b"1"),
-            received_at: Instant::now(),
-        });
+        let e = Event::new(
+            Publication {
+                channel: Channel::User("a\"b".into()),
+                payload: Bytes::from_static(b"1"),
+                received_at: Instant::now(),
+            },
+            1 << 20,
+        )
+        .unwrap();
         let v: serde_json::Value =
             serde_json::from_str(e.message(Format::Json).to_text().unwrap()).unwrap();
         assert_eq!(v["channel"], "user:a\"b");
@@ -176,6 +193,33 @@ mod tests {
             v,
             serde_json::json!({"type":"event","channel":"room:lobby","data":{"a":[1,"x"]}})
         );
+    }
+
+    #[test]
+    fn deep_json_reaches_every_format_as_the_same_string() {
+        let deep: &'static str =
+            Box::leak(format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)).into_boxed_str());
+        let e = event(deep.as_bytes());
+        let json: serde_json::Value =
+            serde_json::from_str(e.message(Format::Json).to_text().unwrap()).unwrap();
+        let msgpack: serde_json::Value =
+            rmp_serde::from_slice(&e.message(Format::MsgPack).clone().into_data()).unwrap();
+        assert_eq!(json["data"], serde_json::Value::String(deep.into()));
+        assert_eq!(json, msgpack, "never different data to different formats");
+    }
+
+    #[test]
+    fn a_payload_too_large_in_one_encoding_is_refused() {
+        let nulls = format!("[{}]", vec!["null"; 1000].join(","));
+        let r = Event::new(
+            Publication {
+                channel: Channel::Broadcast,
+                payload: Bytes::from(nulls),
+                received_at: Instant::now(),
+            },
+            2000,
+        );
+        assert!(matches!(r, Err(PayloadError::TooLarge { .. })));
     }
 
     #[test]

@@ -65,6 +65,7 @@ async fn a_slow_consumer_is_closed_with_4008_and_its_neighbour_gets_everything()
         gw.node
             .broker()
             .publish(channel.clone(), Bytes::from(payload))
+            .await
             .unwrap();
     }
     let _fast = reader.await.unwrap();
@@ -103,7 +104,11 @@ async fn tables_are_empty_after_every_kind_of_exit() {
     let flood = Channel::parse("room:flood").unwrap();
     let payload = Bytes::from(json!({"filler": "y".repeat(8000)}).to_string());
     for _ in 0..3000 {
-        let _ = gw.node.broker().publish(flood.clone(), payload.clone());
+        let _ = gw
+            .node
+            .broker()
+            .publish(flood.clone(), payload.clone())
+            .await;
     }
     gw.eventually("slow consumer closed", |n| {
         n.metrics.slow_consumer_closes.get() == 1

@@ -82,6 +82,7 @@ async fn events_of_one_channel_arrive_in_order() {
         gw.node
             .broker()
             .publish(channel.clone(), bytes::Bytes::from(i.to_string()))
+            .await
             .unwrap();
     }
     for c in &mut clients {

@@ -33,6 +33,7 @@ async fn drain_flushes_then_closes_every_socket_with_1012() {
         gw.node
             .broker()
             .publish(lobby.clone(), Bytes::from(i.to_string()))
+            .await
             .unwrap();
     }
     gw.node.lifecycle.begin_drain();

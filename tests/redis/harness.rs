@@ -594,10 +594,13 @@ pub fn redis_config(nodes: Vec<String>, cluster: bool, pubsub: &str) -> Config {
     c.api.keys = vec![API_KEY.into()];
     c.limits.messages_per_second = 0;
     c.limits.connect_rate = 0;
-    c.broker.kind = "redis".into();
+    c.broker.kind = gateway::config::BrokerKind::Redis;
     c.broker.redis.nodes = nodes;
     c.broker.redis.cluster = cluster;
-    c.broker.redis.pubsub = pubsub.into();
+    c.broker.redis.pubsub = match pubsub {
+        "classic" => gateway::config::PubSub::Classic,
+        _ => gateway::config::PubSub::Sharded,
+    };
     c
 }
 

@@ -14,7 +14,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig, TcpConfig};
 use fred::types::RespVersion;
 use fred::types::config::{TlsConfig, TlsConnector, TlsHostMapping};
 
-use super::Settings;
+use super::RedisSettings;
 use super::topology::Addr;
 
 /// Commands a subscriber connection may queue while it reconnects.
@@ -51,7 +51,7 @@ pub(super) fn tls_config(ca_file: &str) -> Result<TlsConfig, String> {
 }
 
 fn base_config(
-    settings: &Settings,
+    settings: &RedisSettings,
     server: ServerConfig,
     version: RespVersion,
     fail_fast: bool,
@@ -68,7 +68,7 @@ fn base_config(
 }
 
 fn builder(
-    settings: &Settings,
+    settings: &RedisSettings,
     config: Config,
     command_timeout: Duration,
     command_buffer: usize,
@@ -105,7 +105,10 @@ fn builder(
 }
 
 /// A subscriber connection to one master (not yet connected).
-pub(super) fn subscriber(settings: &Settings, addr: &Addr) -> Result<Client, fred::error::Error> {
+pub(super) fn subscriber(
+    settings: &RedisSettings,
+    addr: &Addr,
+) -> Result<Client, fred::error::Error> {
     let (host, port) = addr.host_port();
     let config = base_config(
         settings,
@@ -125,7 +128,7 @@ pub(super) fn subscriber(settings: &Settings, addr: &Addr) -> Result<Client, fre
 /// The publisher client: cluster-aware for a cluster, else one connection.
 /// Not fail-fast, so a Redis that is down at start-up is retried in the
 /// background while publishes time out.
-pub(super) fn publisher(settings: &Settings) -> Result<Client, fred::error::Error> {
+pub(super) fn publisher(settings: &RedisSettings) -> Result<Client, fred::error::Error> {
     let server = if settings.cluster {
         ServerConfig::new_clustered(
             settings

@@ -18,7 +18,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::reconciler::{Event, Shared};
+use super::shared::{Event, Shared};
 use super::topology::Addr;
 
 /// Probe state of one subscriber connection, shared with its reader.
@@ -122,8 +122,15 @@ fn publish_command(sharded: bool) -> CustomCommand {
 
 /// Publishes one probe (the send time, in ns on the broker's clock) without
 /// waiting longer than `timeout`.
-pub(super) fn send(client: Client, probe: Str, sharded: bool, now: u64, timeout: Duration) {
-    tokio::spawn(async move {
+pub(super) fn send(
+    shared: &Shared,
+    client: Client,
+    probe: Str,
+    sharded: bool,
+    now: u64,
+    timeout: Duration,
+) {
+    shared.tasks.spawn(async move {
         let args: Vec<Value> = vec![probe.into(), Value::String(now.to_string().into())];
         let sent = tokio::time::timeout(
             timeout,
@@ -158,6 +165,7 @@ pub(super) async fn run(
         for node in &nodes {
             if let Some(probe) = node.probe.as_ref().filter(|_| node.health.is_subscribed()) {
                 send(
+                    &shared,
                     node.client.clone(),
                     probe.clone(),
                     settings.sharded,

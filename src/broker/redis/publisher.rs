@@ -16,8 +16,9 @@ use fred::types::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Settings;
+use super::RedisSettings;
 use super::names::Names;
+use super::shared::Shared;
 use crate::metrics::Metrics;
 use crate::protocol::Channel;
 
@@ -29,14 +30,14 @@ pub(super) type Outgoing = (Channel, Bytes);
 
 /// Starts the publisher task; returns the sending side of its queue.
 pub(super) fn spawn(
-    settings: Arc<Settings>,
-    names: Names,
-    metrics: Metrics,
+    shared: &Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<mpsc::Sender<Outgoing>, fred::error::Error> {
+    let settings = shared.settings.clone();
+    let (names, metrics) = (shared.names.clone(), shared.metrics.clone());
     let client = super::client::publisher(&settings)?;
     let (tx, rx) = mpsc::channel(settings.publish_queue);
-    tokio::spawn(async move {
+    shared.tasks.spawn(async move {
         let connection = client.connect();
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -51,7 +52,7 @@ pub(super) fn spawn(
 async fn run(
     client: &Client,
     mut rx: mpsc::Receiver<Outgoing>,
-    settings: &Settings,
+    settings: &RedisSettings,
     names: &Names,
     metrics: &Metrics,
 ) {

@@ -1,7 +1,7 @@
-//! The subscriber side: one RESP3 connection per Redis master (one in
-//! classic mode or against a single Redis), a reader per connection that
-//! hands messages to the hub, and the reconciler task that owns the
-//! connections and makes Redis's live subscriptions match the table.
+//! The reconciler: the task that owns the subscriber connections (one RESP3
+//! connection per Redis master, one in classic mode or against a single
+//! Redis; see `connection.rs`) and makes Redis's live subscriptions match
+//! the table.
 //!
 //! Passes run one at a time. A quick pass handles the channels changed since
 //! the last one (first/last local subscribers); a full pass re-reads the slot
@@ -12,178 +12,30 @@
 //! fails over: without them those channels would stay deaf, silently.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::bytes_utils::Str;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Message, Value};
 use futures_util::future::join_all;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::Settings;
-use super::names::{Names, slot};
-use super::probe::{self, Fleet, Health, NodeView};
-use super::table::{NodeOps, Table};
+use super::RedisSettings;
+use super::connection::{self, Conn};
+use super::names::slot;
+use super::probe::{self, Fleet, NodeView};
+use super::shared::{Event, Shared};
+use super::table::NodeOps;
 use super::topology::{Addr, Topology};
-use crate::broker::BrokerState;
-use crate::metrics::Metrics;
 use crate::protocol::Publication;
 
 /// Full-pass interval while the broker is down: recovery is noticed sooner.
 const DOWN_INTERVAL: Duration = Duration::from_millis(250);
 /// Channels per classic SUBSCRIBE / UNSUBSCRIBE command.
 const CLASSIC_CHUNK: usize = 1000;
-
-/// State shared by the broker handle, the reconciler, the readers and the prober.
-pub(super) struct Shared {
-    /// Validated settings.
-    pub(super) settings: Arc<Settings>,
-    /// Channel naming.
-    pub(super) names: Names,
-    /// Node metrics (reconnects, resubscribes, inbound lag).
-    pub(super) metrics: Metrics,
-    /// The broadcast channel's name: always wanted, and live whenever Up.
-    pub(super) broadcast: Str,
-    /// Desired and live subscriptions. A std mutex: held for map operations
-    /// only, never across an await.
-    table: Mutex<Table>,
-    /// Pokes the reconciler when the table changed.
-    wake: Notify,
-    fleet: Mutex<Fleet>,
-    state: watch::Sender<BrokerState>,
-    clock: Instant,
-}
-
-impl Shared {
-    /// Shared state; the broker starts Down, wanting `broadcast` always.
-    pub(super) fn new(
-        settings: Arc<Settings>,
-        names: Names,
-        metrics: Metrics,
-        broadcast: Str,
-    ) -> Shared {
-        let mut table = Table::default();
-        table.want_quietly(broadcast.clone());
-        Shared {
-            settings,
-            names,
-            metrics,
-            broadcast,
-            table: Mutex::new(table),
-            wake: Notify::new(),
-            fleet: Mutex::new(Fleet::default()),
-            state: watch::channel(BrokerState::Down).0,
-            clock: Instant::now(),
-        }
-    }
-
-    /// The subscription table.
-    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Asks for a quick pass.
-    pub(super) fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Watches the broker state.
-    pub(super) fn state(&self) -> watch::Receiver<BrokerState> {
-        self.state.subscribe()
-    }
-
-    /// Nanoseconds on the broker's clock, never 0.
-    pub(super) fn now(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64 + 1
-    }
-
-    /// A snapshot of the connections.
-    pub(super) fn fleet(&self) -> Fleet {
-        self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_fleet(&self, fleet: Fleet) {
-        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = fleet;
-        self.refresh_state();
-    }
-
-    /// Recomputes Up/Down from the connections' probes.
-    pub(super) fn refresh_state(&self) {
-        let timeout = self.settings.probe_timeout.as_nanos() as u64;
-        let up = self
-            .fleet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_up(self.now(), timeout)
-            && self.table().is_live(&self.broadcast);
-        let next = if up {
-            BrokerState::Up
-        } else {
-            BrokerState::Down
-        };
-        self.state.send_if_modified(|state| {
-            if *state == next {
-                return false;
-            }
-            if next == BrokerState::Up {
-                tracing::info!("redis broker up");
-            } else {
-                tracing::warn!("redis broker down: new sockets are refused until it is back");
-            }
-            *state = next;
-            true
-        });
-    }
-
-    fn is_up(&self) -> bool {
-        *self.state.borrow() == BrokerState::Up
-    }
-}
-
-/// What connection watchers and the prober report.
-#[derive(Debug)]
-pub(super) enum Event {
-    /// fred re-established the connection: Redis forgot its subscriptions.
-    Reconnected(Addr, u64),
-    /// The connection failed.
-    Lost(Addr, u64),
-    /// The probe went quiet: rebuild the connection.
-    Quiet(Addr, u64),
-}
-
-/// One subscriber connection.
-struct Conn {
-    generation: u64,
-    client: Client,
-    probe: Option<Str>,
-    health: Arc<Health>,
-    connection: Option<ConnectHandle>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Conn {
-    fn usable(&self) -> bool {
-        self.client.is_connected()
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.tasks.iter().for_each(JoinHandle::abort);
-        let (client, connection) = (self.client.clone(), self.connection.take());
-        // Closing politely needs an await; never let it outlive a second.
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
-            if let Some(c) = connection {
-                c.abort();
-            }
-        });
-    }
-}
 
 /// Reconnect backoff of one master.
 struct Backoff {
@@ -223,7 +75,7 @@ pub(super) fn spawn(
     cancel: CancellationToken,
 ) {
     let (events_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(probe::run(
+    shared.tasks.spawn(probe::run(
         shared.clone(),
         events_tx.clone(),
         cancel.clone(),
@@ -244,7 +96,8 @@ pub(super) fn spawn(
         need_topology: true,
         cancel,
     };
-    tokio::spawn(reconciler.run());
+    let tasks = reconciler.shared.tasks.clone();
+    tasks.spawn(reconciler.run());
 }
 
 impl Reconciler {
@@ -262,7 +115,7 @@ impl Reconciler {
                     true
                 }
                 _ = tokio::time::sleep_until(next_full) => true,
-                _ = self.shared.wake.notified() => false,
+                _ = self.shared.woken() => false,
             };
             self.pass(full).await;
             if full {
@@ -398,6 +251,7 @@ impl Reconciler {
                     // Probe at once rather than at the next tick: the broker
                     // becomes Up as soon as a probe has come back.
                     probe::send(
+                        &self.shared,
                         conn.client.clone(),
                         probe.clone(),
                         settings.sharded,
@@ -593,27 +447,7 @@ impl Reconciler {
         &self,
         addr: &Addr,
     ) -> Result<(Client, ConnectHandle, broadcast::Receiver<Message>), String> {
-        let settings = &self.shared.settings;
-        let client = super::client::subscriber(settings, addr).map_err(|e| e.to_string())?;
-        // Subscribe to messages before the connection exists: none is missed.
-        let messages = client.message_rx();
-        let connection = client.connect();
-        match tokio::time::timeout(
-            settings.connect_timeout + Duration::from_millis(500),
-            client.wait_for_connect(),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok((client, connection, messages)),
-            Ok(Err(e)) => {
-                connection.abort();
-                Err(e.to_string())
-            }
-            Err(_) => {
-                connection.abort();
-                Err("connect timed out".into())
-            }
-        }
+        connection::connect(&self.shared.settings, addr).await
     }
 
     fn adopt(
@@ -624,32 +458,19 @@ impl Reconciler {
         messages: broadcast::Receiver<Message>,
     ) {
         self.generations += 1;
-        let generation = self.generations;
-        let health = Arc::new(Health::default());
-        let reader = tokio::spawn(read(
-            messages,
-            self.shared.clone(),
-            self.inbound.clone(),
-            health.clone(),
-        ));
-        let watcher = tokio::spawn(watch_connection(
-            client.reconnect_rx(),
-            client.error_rx(),
-            addr.clone(),
-            generation,
-            self.events_tx.clone(),
-            health.clone(),
-            self.shared.clone(),
-        ));
         tracing::info!(node = %addr, "redis subscriber connected");
-        let conn = Conn {
-            generation,
-            client,
-            probe: None,
-            health,
-            connection: Some(connection),
-            tasks: vec![reader, watcher],
-        };
+        let conn = Conn::open(
+            &self.shared,
+            connection::Opened {
+                addr: addr.clone(),
+                generation: self.generations,
+                client,
+                connection,
+                messages,
+            },
+            self.inbound.clone(),
+            self.events_tx.clone(),
+        );
         self.conns.insert(addr, conn);
     }
 
@@ -684,7 +505,7 @@ async fn run_ops(
     client: &Client,
     ops: NodeOps,
     probe: Option<Str>,
-    settings: &Settings,
+    settings: &RedisSettings,
 ) -> Outcome {
     let mut outcome = Outcome::default();
     let deadline = settings.command_timeout + Duration::from_millis(500);
@@ -796,90 +617,6 @@ fn subscription_count(info: &str, field: &str) -> Option<usize> {
     info.split_ascii_whitespace()
         .find_map(|kv| kv.strip_prefix(field))
         .and_then(|n| n.parse().ok())
-}
-
-/// Hands a connection's messages to the hub: a cheap hand-off, so fred's
-/// message channel never fills; probes are answered here.
-async fn read(
-    mut messages: broadcast::Receiver<Message>,
-    shared: Arc<Shared>,
-    inbound: mpsc::Sender<Publication>,
-    health: Arc<Health>,
-) {
-    loop {
-        let message = match messages.recv().await {
-            Ok(m) => m,
-            Err(broadcast::error::RecvError::Lagged(lost)) => {
-                tracing::error!(lost, "redis messages lost: the inbound reader fell behind");
-                shared.metrics.broker_inbound_lost.inc_by(lost);
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        };
-        let received_at = Instant::now();
-        if shared.names.is_probe(&message.channel) {
-            let now = shared.now();
-            if let Some(sent) = message.value.as_str().and_then(|v| v.parse::<u64>().ok()) {
-                shared
-                    .metrics
-                    .broker_inbound_lag
-                    .observe(now.saturating_sub(sent) as f64 / 1e9);
-            }
-            health.seen(now);
-            shared.refresh_state();
-            continue;
-        }
-        let Some(channel) = shared.names.parse(&message.channel) else {
-            continue;
-        };
-        // The payload's bytes are handed on as they came from the socket.
-        let Some(payload) = message.value.into_bytes() else {
-            continue;
-        };
-        if inbound
-            .send(Publication {
-                channel,
-                payload,
-                received_at,
-            })
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
-/// Turns fred's connection events into reconciler events.
-async fn watch_connection(
-    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
-    mut errors: broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>,
-    addr: Addr,
-    generation: u64,
-    events: mpsc::UnboundedSender<Event>,
-    health: Arc<Health>,
-    shared: Arc<Shared>,
-) {
-    loop {
-        let event = tokio::select! {
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => Event::Reconnected(addr.clone(), generation),
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            e = errors.recv() => match e {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Down at once; the reconciler catches up after its pass.
-                    health.unsubscribed();
-                    shared.refresh_state();
-                    Event::Lost(addr.clone(), generation)
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-        };
-        if events.send(event).is_err() {
-            break;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -27,13 +27,12 @@ impl Addr {
         }
     }
 
-    /// Parses a configured `host:port`.
+    /// Parses a configured `host:port` (non-empty host, port 1-65535).
     pub(super) fn parse(node: &str) -> Option<Addr> {
         let (host, port) = node.rsplit_once(':')?;
-        Some(Addr::new(
-            host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse().ok()?,
-        ))
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        (!host.is_empty()).then(|| Addr::new(host, port))
     }
 
     /// Host (without brackets) and port.
@@ -232,5 +231,8 @@ mod tests {
             ("::1", 7000)
         );
         assert!(Addr::parse("nohost").is_none());
+        assert!(Addr::parse(":7000").is_none());
+        assert!(Addr::parse("host:0").is_none());
+        assert!(Addr::parse("host:http").is_none());
     }
 }

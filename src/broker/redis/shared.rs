@@ -1,0 +1,144 @@
+//! The bridge's shared state: settings, naming, the subscription table, the
+//! connections' fleet view, the Up/Down state and the tracker that owns every
+//! task of the bridge. The broker handle, the reconciler, the connection
+//! tasks and the prober all hold it; only the reconciler changes the fleet.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use fred::bytes_utils::Str;
+use tokio::sync::{Notify, watch};
+use tokio_util::task::TaskTracker;
+
+use super::RedisSettings;
+use super::names::Names;
+use super::probe::Fleet;
+use super::table::Table;
+use super::topology::Addr;
+use crate::broker::BrokerState;
+use crate::metrics::Metrics;
+
+/// State shared by the broker handle, the reconciler, the readers and the prober.
+pub(super) struct Shared {
+    /// Validated settings.
+    pub(super) settings: Arc<RedisSettings>,
+    /// Channel naming.
+    pub(super) names: Names,
+    /// Node metrics (reconnects, resubscribes, inbound lag).
+    pub(super) metrics: Metrics,
+    /// The broadcast channel's name: always wanted, and live whenever Up.
+    pub(super) broadcast: Str,
+    /// Desired and live subscriptions. A std mutex: held for map operations
+    /// only, never across an await.
+    table: Mutex<Table>,
+    /// Pokes the reconciler when the table changed.
+    wake: Notify,
+    fleet: Mutex<Fleet>,
+    state: watch::Sender<BrokerState>,
+    clock: Instant,
+    /// Every task of the bridge, so that closing the broker can wait for them.
+    pub(super) tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Shared state; the broker starts Down, wanting `broadcast` always.
+    pub(super) fn new(
+        settings: Arc<RedisSettings>,
+        names: Names,
+        metrics: Metrics,
+        broadcast: Str,
+    ) -> Shared {
+        let mut table = Table::default();
+        table.want_quietly(broadcast.clone());
+        Shared {
+            settings,
+            names,
+            metrics,
+            broadcast,
+            table: Mutex::new(table),
+            wake: Notify::new(),
+            fleet: Mutex::new(Fleet::default()),
+            state: watch::channel(BrokerState::Down).0,
+            clock: Instant::now(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// The subscription table.
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a quick pass.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when a quick pass was asked for.
+    pub(super) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Watches the broker state.
+    pub(super) fn state(&self) -> watch::Receiver<BrokerState> {
+        self.state.subscribe()
+    }
+
+    /// Nanoseconds on the broker's clock, never 0.
+    pub(super) fn now(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// A snapshot of the connections.
+    pub(super) fn fleet(&self) -> Fleet {
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set_fleet(&self, fleet: Fleet) {
+        *self.fleet.lock().unwrap_or_else(|e| e.into_inner()) = fleet;
+        self.refresh_state();
+    }
+
+    /// Recomputes Up/Down from the connections' probes.
+    pub(super) fn refresh_state(&self) {
+        let timeout = self.settings.probe_timeout.as_nanos() as u64;
+        let up = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_up(self.now(), timeout)
+            && self.table().is_live(&self.broadcast);
+        let next = if up {
+            BrokerState::Up
+        } else {
+            BrokerState::Down
+        };
+        self.state.send_if_modified(|state| {
+            if *state == next {
+                return false;
+            }
+            if next == BrokerState::Up {
+                tracing::info!("redis broker up");
+            } else {
+                tracing::warn!("redis broker down: new sockets are refused until it is back");
+            }
+            *state = next;
+            true
+        });
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        *self.state.borrow() == BrokerState::Up
+    }
+}
+
+/// What connection watchers and the prober report.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// fred re-established the connection: Redis forgot its subscriptions.
+    Reconnected(Addr, u64),
+    /// The connection failed.
+    Lost(Addr, u64),
+    /// The probe went quiet: rebuild the connection.
+    Quiet(Addr, u64),
+}

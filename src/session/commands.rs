@@ -1,0 +1,263 @@
+//! The session's side of the protocol: decoding a client frame, answering at
+//! once what needs nothing but the session (ping, refresh, refusals), and
+//! turning what waits on the hub or the broker (join, subscribe, unsubscribe,
+//! publish) into the session's pending future. [`Done`] is what such a future
+//! resolves to; `settle` applies it to the session's state and `apply` also
+//! answers the client.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Flow, Pending, Session};
+use crate::broker::{BrokerError, Published};
+use crate::hub::Joined;
+use crate::protocol::{
+    Channel, ClientFrame, Disconnect, ErrorCode, PayloadError, RequestId, RoomName, ServerFrame,
+    decode_client_frame, encode_server_frame, inspect,
+};
+
+/// The outcome of a pending command.
+pub(super) enum Done {
+    /// The user channel was joined at connect (or not).
+    Joined(Result<Joined, BrokerError>),
+    /// A room was joined (or not).
+    Subscribed {
+        room: RoomName,
+        id: Option<RequestId>,
+        result: Result<Joined, BrokerError>,
+    },
+    /// A room was left.
+    Unsubscribed { id: Option<RequestId> },
+    /// A publication was handed to the broker (or not).
+    Published {
+        id: Option<RequestId>,
+        result: Result<Published, BrokerError>,
+    },
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Joins the user channel; `welcome` follows once it is live.
+    pub(super) fn join(&self) -> Pending {
+        let (hub, id, me) = (self.node.hub.clone(), self.id, self.me.clone());
+        let channel = Channel::User(self.user.clone());
+        Box::pin(async move { Done::Joined(hub.subscribe(&channel, id, me).await) })
+    }
+
+    /// Records what a finished command changed, without answering.
+    pub(super) fn settle(&mut self, done: &Done) {
+        match done {
+            Done::Joined(Ok(_)) => self.user_joined = true,
+            Done::Subscribed {
+                room,
+                result: Ok(_),
+                ..
+            } => {
+                self.rooms.insert(room.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies a finished command and answers the client.
+    pub(super) fn apply(&mut self, done: Done) -> Flow {
+        self.settle(&done);
+        match done {
+            Done::Joined(Ok(_)) => {
+                let welcome = ServerFrame::Welcome {
+                    conn: format!("{:x}", self.id),
+                    user: self.user.clone(),
+                    node: self.node.id.clone(),
+                    heartbeat: self.node.config.websocket.heartbeat_seconds,
+                };
+                let welcome = encode_server_frame(self.me.format, &welcome);
+                let outbox = &self.me.outbox;
+                outbox.release(&Channel::User(self.user.clone()), vec![welcome], None);
+                outbox.release(&Channel::Broadcast, Vec::new(), None);
+                Flow::Continue
+            }
+            Done::Joined(Err(e)) => {
+                tracing::warn!(error = %e, "user channel subscribe failed; closing socket");
+                Flow::Close(Disconnect::Internal)
+            }
+            Done::Subscribed { id, result, .. } => match result {
+                Ok(_) => self.reply(ServerFrame::Ok { id }),
+                Err(e) => self.error(id, broker_error_code(&e), &e.to_string()),
+            },
+            Done::Unsubscribed { id } => self.reply(ServerFrame::Ok { id }),
+            Done::Published { id, result } => match result {
+                Ok(_) => {
+                    self.node
+                        .metrics
+                        .publications_in
+                        .with_label_values(&["client"])
+                        .inc();
+                    self.reply(ServerFrame::Ok { id })
+                }
+                Err(e) => {
+                    self.node.metrics.broker_publish_errors.inc();
+                    self.error(id, broker_error_code(&e), &e.to_string())
+                }
+            },
+        }
+    }
+
+    /// Handles one data frame (text = JSON, binary = MessagePack).
+    pub(super) fn on_frame(&mut self, payload: &[u8], binary: bool) -> Flow {
+        let frame = match decode_client_frame(payload, binary) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.node
+                    .metrics
+                    .frames_in
+                    .with_label_values(&["invalid"])
+                    .inc();
+                self.bad_frames += 1;
+                if self.bad_frames >= self.node.config.websocket.max_bad_frames {
+                    return Flow::Close(Disconnect::PolicyViolation);
+                }
+                return self.error(e.id, ErrorCode::BadFrame, &e.message);
+            }
+        };
+        let kind = match &frame {
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Publish { .. } => "publish",
+            ClientFrame::Refresh { .. } => "refresh",
+            ClientFrame::Ping { .. } => "ping",
+        };
+        self.node.metrics.frames_in.with_label_values(&[kind]).inc();
+        match frame {
+            ClientFrame::Subscribe { room, id } => self.subscribe(&room, id),
+            ClientFrame::Unsubscribe { room, id } => self.unsubscribe(&room, id),
+            ClientFrame::Publish { room, data, id } => self.publish(&room, data, id),
+            ClientFrame::Refresh { token, id } => self.refresh(&token, id),
+            ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
+        }
+    }
+
+    fn subscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
+        let Some(room) = RoomName::parse(room) else {
+            return self.error(
+                id,
+                ErrorCode::BadRoom,
+                "room names are 1-128 characters of A-Z a-z 0-9 _ - : . @",
+            );
+        };
+        if !self.rooms_grant.allows(room.as_str()) {
+            return self.error(id, ErrorCode::Forbidden, "token does not allow this room");
+        }
+        if self.rooms.contains(&room) {
+            return self.reply(ServerFrame::Ok { id });
+        }
+        if self.rooms.len() >= self.node.config.limits.max_rooms_per_socket {
+            return self.error(id, ErrorCode::TooManyRooms, "room limit per socket reached");
+        }
+        let (hub, conn, me) = (self.node.hub.clone(), self.id, self.me.clone());
+        self.pending = Some(Box::pin(async move {
+            let result = hub.subscribe(&Channel::Room(room.clone()), conn, me).await;
+            Done::Subscribed { room, id, result }
+        }));
+        Flow::Continue
+    }
+
+    fn unsubscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
+        let Some(room) = RoomName::parse(room) else {
+            return self.error(id, ErrorCode::BadRoom, "invalid room name");
+        };
+        if !self.rooms.remove(&room) {
+            return self.reply(ServerFrame::Ok { id });
+        }
+        let (hub, conn) = (self.node.hub.clone(), self.id);
+        self.pending = Some(Box::pin(async move {
+            hub.unsubscribe(&Channel::Room(room), conn).await;
+            Done::Unsubscribed { id }
+        }));
+        Flow::Continue
+    }
+
+    fn publish(&mut self, room: &str, data: Bytes, id: Option<RequestId>) -> Flow {
+        let Some(room) = RoomName::parse(room) else {
+            return self.error(id, ErrorCode::BadRoom, "invalid room name");
+        };
+        if !self.publish_grant.allows(room.as_str()) {
+            return self.error(
+                id,
+                ErrorCode::Forbidden,
+                "token does not allow publishing to this room",
+            );
+        }
+        // The same check as the HTTP API and the broker's inbound path.
+        if let Err(e) = inspect(&data, self.node.config.websocket.max_frame_bytes) {
+            let code = match e {
+                PayloadError::TooLarge { .. } => ErrorCode::TooLarge,
+                PayloadError::NotJson | PayloadError::TooDeep => ErrorCode::BadFrame,
+            };
+            return self.error(id, code, &e.to_string());
+        }
+        let published = self.node.broker().publish(Channel::Room(room), data);
+        self.pending = Some(Box::pin(async move {
+            Done::Published {
+                id,
+                result: published.await,
+            }
+        }));
+        Flow::Continue
+    }
+
+    fn refresh(&mut self, token: &str, id: Option<RequestId>) -> Flow {
+        match self.node.verifier.verify_refresh(token, &self.user) {
+            Err(e) => {
+                self.node
+                    .metrics
+                    .auth_failures
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                let code = if e == crate::auth::AuthError::SubMismatch {
+                    ErrorCode::SubMismatch
+                } else {
+                    ErrorCode::BadToken
+                };
+                self.error(id, code, e.message())
+            }
+            Ok(identity) => {
+                // Rooms already joined stay joined; the new grants apply to later subscribes.
+                self.expires =
+                    super::deadline_of(identity.expires_at, self.node.config.auth.leeway_seconds);
+                self.rooms_grant = identity.rooms;
+                self.publish_grant = identity.publish;
+                self.reply(ServerFrame::Ok { id })
+            }
+        }
+    }
+
+    /// Queues an `error` frame (counted by code).
+    pub(super) fn error(&mut self, id: Option<RequestId>, code: ErrorCode, message: &str) -> Flow {
+        self.node
+            .metrics
+            .errors_sent
+            .with_label_values(&[code.code()])
+            .inc();
+        self.reply(ServerFrame::Error {
+            id,
+            code,
+            message: message.to_string(),
+        })
+    }
+
+    /// Queues a reply in the socket's format.
+    pub(super) fn reply(&mut self, frame: ServerFrame) -> Flow {
+        let message: Message = encode_server_frame(self.me.format, &frame);
+        self.queue(message)
+    }
+}
+
+fn broker_error_code(e: &BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Overloaded => ErrorCode::Overloaded,
+        _ => ErrorCode::BrokerUnavailable,
+    }
+}
