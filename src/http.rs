@@ -34,8 +34,6 @@ mod probes;
 mod publish;
 mod upgrade;
 
-pub use upgrade::ws_config;
-
 /// Response type of every route.
 pub type HttpResponse = Response<Full<Bytes>>;
 

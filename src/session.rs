@@ -269,7 +269,8 @@ where
                 ProtocolError::ResetWithoutClosingHandshake => return Flow::Gone,
                 ProtocolError::NonZeroReservedBits => "reserved_bits",
                 ProtocolError::UnknownControlFrameType(_)
-                | ProtocolError::UnknownDataFrameType(_) => "reserved_opcode",
+                | ProtocolError::UnknownDataFrameType(_)
+                | ProtocolError::InvalidOpcode(_) => "reserved_opcode",
                 ProtocolError::UnmaskedFrameFromClient => "unmasked",
                 ProtocolError::ControlFrameTooBig | ProtocolError::FragmentedControlFrame => {
                     "control_frame"
@@ -277,9 +278,7 @@ where
                 ProtocolError::UnexpectedContinueFrame | ProtocolError::ExpectedFragment(_) => {
                     "continuation"
                 }
-                ProtocolError::InvalidCloseSequence | ProtocolError::InvalidOpcode(_) => {
-                    "close_frame"
-                }
+                ProtocolError::InvalidCloseSequence => "close_frame",
                 _ => "other",
             },
             _ => return Flow::Gone,

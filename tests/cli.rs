@@ -3,6 +3,10 @@
 //! Each run drops inherited `GATEWAY_*` variables so a developer's shell cannot
 //! change the outcome; the "no gateway.toml" cases run in a fresh temp dir.
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -175,4 +179,211 @@ fn token_refuses_without_an_hmac_key() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(!stderr.is_empty());
+}
+
+/// Runs `check-config` and `serve` on the same file. `serve` is given a
+/// port-0 listener; when it starts (the configuration is valid) it is
+/// stopped with SIGTERM once it logs `listening`. Returns both outcomes as
+/// (exit code, the problem lines of stderr).
+fn both_commands(dir: &TempDir, file: &std::path::Path) -> [(Option<i32>, Vec<String>); 2] {
+    let problems = |stderr: &str| -> Vec<String> {
+        stderr
+            .lines()
+            .filter(|l| {
+                l.starts_with("auth.") || l.starts_with("broker.") || l.starts_with("server.")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let (check, _, check_err) = run(gateway(&dir.0)
+        .arg("check-config")
+        .arg("--config")
+        .arg(file));
+    let mut child = gateway(&dir.0)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(file)
+        .env("GATEWAY_SERVER_DRAIN_SECONDS", "0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut serve_err = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    loop {
+        use std::io::Read;
+        let n = stderr.read(&mut buf).unwrap_or(0);
+        serve_err.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if serve_err.contains("listening") {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+        }
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve neither started nor stopped: {serve_err}"
+        );
+    }
+    let status = child.wait().unwrap();
+    [
+        (check, problems(&check_err)),
+        (status.code(), problems(&serve_err)),
+    ]
+}
+
+#[test]
+fn check_config_and_serve_agree_on_every_case() {
+    let dir = TempDir::new();
+    let short = dir.file("short.secret", "too-short\n");
+    let rsa = repo_root().join("tests/keys/rsa_public.pem");
+    let cases: [(&str, String, Option<i32>, &[&str]); 6] = [
+        (
+            "redis settings: every problem, not the first",
+            format!(
+                "[auth]\nhs_secret = \"{SECRET}\"\n[broker]\nkind = \"redis\"\n[broker.redis]\n\
+                 nodes = [\"nohost\"]\nprobe_interval_ms = 1000\nprobe_timeout_ms = 1000\n\
+                 tls_ca_file = \"/nonexistent.pem\"\n"
+            ),
+            Some(2),
+            &[
+                "broker.redis.nodes",
+                "broker.redis.probe_timeout_ms",
+                "broker.redis.tls_ca_file",
+            ],
+        ),
+        (
+            "a short secret from a file is refused like an inline one",
+            format!("[auth]\nhs_secret_file = \"{}\"\n", short.display()),
+            Some(2),
+            &["auth.hs_secret_file"],
+        ),
+        (
+            "a short inline secret",
+            "[auth]\nhs_secret = \"too-short\"\n".to_owned(),
+            Some(2),
+            &["auth.hs_secret"],
+        ),
+        (
+            "an unsupported algorithm",
+            format!("[auth]\nhs_secret = \"{SECRET}\"\nalgorithms = [\"HS256\", \"RS1\"]\n"),
+            Some(2),
+            &["auth.algorithms"],
+        ),
+        (
+            "PS384 and PS512 are advertised, so they are accepted",
+            format!(
+                "[auth]\nalgorithms = [\"PS384\", \"PS512\"]\npublic_key_file = \"{}\"\n",
+                rsa.display()
+            ),
+            Some(0),
+            &[],
+        ),
+        (
+            "an unreadable key file is found by both",
+            "[auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"/nonexistent.pem\"\n".to_owned(),
+            Some(2),
+            &["auth.public_key_file"],
+        ),
+    ];
+    for (what, toml, expected, keys) in cases {
+        let file = dir.file("case.toml", &toml);
+        let [(check, check_problems), (serve, serve_problems)] = both_commands(&dir, &file);
+        assert_eq!(check, expected, "{what}: check-config {check_problems:?}");
+        // A valid configuration: `serve` started, then stopped by SIGTERM (0).
+        assert_eq!(serve, expected, "{what}: serve {serve_problems:?}");
+        assert_eq!(
+            check_problems, serve_problems,
+            "{what}: the two commands agree"
+        );
+        for key in keys {
+            assert!(
+                check_problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{key}: "))),
+                "{what}: {key} missing from {check_problems:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn trace_logs_never_carry_tokens() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncBufReadExt;
+    let dir = TempDir::new();
+    let file = dir.file("trace.toml", &format!("[auth]\nhs_secret = \"{SECRET}\"\n"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .current_dir(&dir.0)
+        .env("RUST_LOG", "trace")
+        .env("GATEWAY_SERVER_DRAIN_SECONDS", "0")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the gateway logs in time")
+            .unwrap()
+            .expect("the gateway starts");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |marker: &str| {
+        let claims = serde_json::json!({"sub": "alice", "exp": now + 600, "marker": marker});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let (upgrade, refresh) = (sign("upgrade"), sign("refresh"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={upgrade}"))
+        .await
+        .unwrap();
+    let frame = serde_json::json!({"type": "refresh", "token": refresh, "id": 1}).to_string();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+        .await
+        .unwrap();
+    // welcome, then the refresh's ok: the frame was read (and would have
+    // been traced) before the reply.
+    for _ in 0..2 {
+        ws.next().await.unwrap().unwrap();
+    }
+    ws.close(None).await.unwrap();
+    let _ = Command::new("kill")
+        .arg(child.id().unwrap().to_string())
+        .status();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await
+    {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log ran at trace: {log}"
+    );
+    for (what, token) in [("upgrade", &upgrade), ("refresh", &refresh)] {
+        // The signature part alone is enough to misuse a leaked token.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "the {what} token reached the log");
+    }
+    assert!(
+        !log.contains("Received message"),
+        "tungstenite frame contents traced"
+    );
 }

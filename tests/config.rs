@@ -3,6 +3,10 @@
 //! The environment is an injected map and files are unique temp files, so these
 //! tests never read or change the process environment or working directory.
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 

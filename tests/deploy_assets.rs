@@ -7,6 +7,10 @@
 //! The tools' own checks (promtool, nginx -t, hadolint, ...) live in
 //! .ci/deploy-checks.
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -83,6 +87,10 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Starts a node on a free port, waits for /healthz, and returns /metrics.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a synchronous helper polls a child process with a deadline; no runtime worker is blocked"
+)]
 fn scrape_a_running_node() -> String {
     let dir = TempDir::new("gateway-deploy-test");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

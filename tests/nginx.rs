@@ -7,6 +7,10 @@
 //! Skips (passing, with a message) only when no `nginx` binary exists and `CI`
 //! is unset: CI runs `.ci/deploy-checks` first, which installs nginx.
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -55,6 +59,10 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "Drop cannot await; a bounded wait for a child process blocks no runtime worker"
+    )]
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;

@@ -11,12 +11,12 @@ use super::{HttpResponse, error, json};
 use crate::node::Node;
 
 /// Always 200 while the process serves HTTP.
-pub fn healthz() -> HttpResponse {
+pub(super) fn healthz() -> HttpResponse {
     json(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
 /// 200 when ready; 503 with the reason when draining, broker down or full.
-pub fn readyz(node: &Node) -> HttpResponse {
+pub(super) fn readyz(node: &Node) -> HttpResponse {
     match node.readiness() {
         Ok(()) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
         Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.message()),
@@ -24,7 +24,7 @@ pub fn readyz(node: &Node) -> HttpResponse {
 }
 
 /// Prometheus text format.
-pub fn metrics(node: &Node) -> HttpResponse {
+pub(super) fn metrics(node: &Node) -> HttpResponse {
     node.metrics.ready.set(i64::from(node.readiness().is_ok()));
     let mut buf = Vec::with_capacity(16 * 1024);
     if let Err(e) = TextEncoder::new().encode(&node.registry.gather(), &mut buf) {

@@ -26,7 +26,7 @@ struct Body<'a> {
 }
 
 /// Handles `POST /api/publish`.
-pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
+pub(super) async fn handle(node: Arc<Node>, req: Request<Incoming>) -> HttpResponse {
     let keys = &node.config.api.keys;
     if keys.is_empty() {
         return error(

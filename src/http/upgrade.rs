@@ -28,7 +28,11 @@ use crate::protocol::{Format, Refusal};
 use crate::session::{self, Admitted};
 
 /// Handles `GET /ws`.
-pub fn handle(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> HttpResponse {
+pub(super) fn handle(
+    node: Arc<Node>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> HttpResponse {
     let (admitted, key) = match admit(&node, peer, &req) {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&node, refusal),
@@ -81,7 +85,7 @@ pub fn handle(node: Arc<Node>, peer: SocketAddr, mut req: Request<Incoming>) -> 
 
 /// Small buffers keep idle sockets cheap: tungstenite's 128 KiB default read
 /// buffer is zero-filled and resident on every socket.
-pub fn ws_config(cfg: &Config) -> WebSocketConfig {
+fn ws_config(cfg: &Config) -> WebSocketConfig {
     let ws = &cfg.websocket;
     WebSocketConfig::default()
         .read_buffer_size(ws.read_buffer_bytes)

@@ -2,6 +2,10 @@
 //! the embedded broker. One test binary (modules under `tests/gateway/`) so
 //! the suite links once.
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 mod harness;
 #[path = "../support/http.rs"]
 mod http;
@@ -11,4 +15,5 @@ mod backpressure;
 mod delivery;
 mod drain;
 mod frames;
+mod hardening;
 mod lifetime;

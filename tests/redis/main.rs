@@ -6,6 +6,10 @@
 //!     cargo test --test redis                      # the suite
 //!     cargo test --release --test redis -- --ignored --nocapture   # measurements
 
+// Helpers are shared between the modules of one test binary: `pub` is
+// their visibility inside it, not an API.
+#![allow(unreachable_pub)]
+
 mod harness;
 #[path = "../support/http.rs"]
 mod http;
