@@ -732,13 +732,6 @@ impl Client {
         let reply = self.recv().await;
         assert_eq!(reply, json!({"type": "ok", "id": room}));
     }
-
-    /// Asserts nothing arrives within `limit`.
-    pub async fn silent_for(&mut self, limit: Duration) {
-        if let Some(frame) = self.recv_within(limit).await {
-            panic!("unexpected frame {frame}");
-        }
-    }
 }
 
 /// An event frame as the contract shapes it.
