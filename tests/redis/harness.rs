@@ -1,7 +1,8 @@
 //! Real Redis for the bridge's tests: a throwaway 6-node Redis Cluster (3
 //! masters, 3 replicas, `cluster-node-timeout 2000`) or a single Redis on free
 //! loopback ports in temporary directories, killed by PID when dropped; a
-//! minimal RESP client for the backend side (publishing, `CLUSTER` commands);
+//! minimal RESP client (plain or TLS) for the backend side (publishing,
+//! `CLUSTER` and `ACL` commands);
 //! gateway nodes in-process and a small WebSocket client.
 //!
 //! Without `redis-server` a test prints why and passes, unless `CI` is set:
@@ -10,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,9 +22,13 @@ use gateway::config::Config;
 use gateway::node::Node;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 pub use crate::http::http;
 use tokio_tungstenite::tungstenite::Message;
@@ -408,14 +413,50 @@ impl Reply {
     }
 }
 
+/// A byte stream a [`Resp`] can run over: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A backend's connection to one Redis node: enough RESP to publish and to
-/// drive `CLUSTER` commands.
+/// drive `CLUSTER` and `ACL` commands.
 pub struct Resp {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl Resp {
+    /// A plain TCP connection to the Redis on `port`.
     pub async fn connect(port: u16) -> std::io::Result<Resp> {
+        let stream = Self::tcp(port).await?;
+        Ok(Resp {
+            stream: BufReader::new(Box::new(stream)),
+        })
+    }
+
+    /// A TLS connection to the Redis on `port` (its certificate for
+    /// 127.0.0.1 signed by the CA in `ca_file`).
+    pub async fn connect_tls(port: u16, ca_file: &Path) -> std::io::Result<Resp> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca_file).map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+        let config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let tcp = Self::tcp(port).await?;
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+        Ok(Resp {
+            stream: BufReader::new(Box::new(stream)),
+        })
+    }
+
+    async fn tcp(port: u16) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(
             Duration::from_secs(2),
             TcpStream::connect(("127.0.0.1", port)),
@@ -423,9 +464,33 @@ impl Resp {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
         stream.set_nodelay(true)?;
-        Ok(Resp {
-            stream: BufReader::new(stream),
-        })
+        Ok(stream)
+    }
+
+    /// How often Redis refused to authenticate `user`, from `ACL LOG` (whose
+    /// entries count repeats of the same failure).
+    pub async fn auth_failures(&mut self, user: &str) -> i64 {
+        let Reply::Array(entries) = self.cmd(&["ACL", "LOG"]).await.unwrap() else {
+            panic!("ACL LOG is not an array");
+        };
+        entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Reply::Array(fields) => {
+                    let field = |name: &str| {
+                        fields
+                            .chunks(2)
+                            .find(|kv| kv[0].text() == name)
+                            .map(|kv| kv[1].clone())
+                    };
+                    let is =
+                        |name: &str, value: &str| field(name).is_some_and(|v| v.text() == value);
+                    (is("reason", "auth") && is("username", user))
+                        .then(|| field("count").map_or(0, |c| c.int()))
+                }
+                _ => None,
+            })
+            .sum()
     }
 
     pub async fn send(&mut self, args: &[&str]) -> std::io::Result<()> {

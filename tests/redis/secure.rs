@@ -3,8 +3,8 @@
 //! subscriber and the publisher side go through them. Wrong credentials keep
 //! the node unready instead of half-working.
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -134,8 +134,21 @@ async fn tls_and_acl_auth_carry_both_directions() {
         event("room:vault", json!({"over": "tls"}))
     );
 
+    // Redis itself counts the refusals (ACL LOG). Three of them: more than
+    // the node's two clients (subscriber, publisher) make on a first try, so
+    // the node has retried after being refused, and is still not ready.
+    let refusals = async || {
+        let mut admin = Resp::connect_tls(port, Path::new(&ca)).await.unwrap();
+        let auth = admin.cmd(&["AUTH", "gw", "s3cret"]).await.unwrap();
+        assert_eq!(auth, Reply::Simple("OK".into()));
+        admin.auth_failures("gw").await
+    };
+    let before = refusals().await;
     let wrong = TestGateway::start(config("wrong")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually_async("Redis to refuse the node three times", DEADLINE, || async {
+        refusals().await >= before + 3
+    })
+    .await;
     assert_eq!(
         wrong.get("/readyz").await.0,
         503,
