@@ -2,9 +2,8 @@
 //! the embedded broker. One test binary (modules under `tests/gateway/`) so
 //! the suite links once.
 
-mod harness;
-#[path = "../support/http.rs"]
-mod http;
+#[path = "../support/kit.rs"]
+mod kit;
 
 mod admission;
 mod backpressure;
