@@ -15,8 +15,12 @@ use crate::require_redis;
 async fn backend_http_and_client_publishes_reach_sockets_on_every_node() {
     require_redis!();
     let cluster = RedisCluster::start().await;
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
     let mut alice_a = a.connect(&token("alice", &["lobby"])).await;
     let mut alice_b = b.connect(&token("alice", &[])).await;
     let mut bob_b = b.connect(&token("bob", &["lobby"])).await;
@@ -97,8 +101,12 @@ async fn backend_http_and_client_publishes_reach_sockets_on_every_node() {
 async fn order_interest_and_storms_end_in_the_right_state() {
     require_redis!();
     let cluster = RedisCluster::start().await;
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
 
     // Per-channel order of 1,000 events, pipelined by the backend.
     let mut on_a = a.connect(&token("ua", &["seq"])).await;

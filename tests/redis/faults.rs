@@ -9,11 +9,12 @@
 //! down are lost (documented); every event Redis reports as delivered to
 //! both nodes (SPUBLISH count 2) must reach both sockets.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::*;
 use crate::require_redis;
@@ -100,8 +101,12 @@ async fn gap_through(
     target: Duration,
     fault: impl AsyncFnOnce(&mut RedisCluster),
 ) {
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
     let mut on_a = a.connect(&token("fa", &[ROOM])).await;
     let mut on_b = b.connect(&token("fb", &[ROOM])).await;
     on_a.subscribe(ROOM).await;
@@ -138,7 +143,7 @@ async fn gap_through(
             }
         );
         assert!(gap < target * 2, "{what}: gap {gap:?} on node {node}");
-        let got: std::collections::HashSet<u64> = arrivals.iter().map(|(s, _)| *s).collect();
+        let got: HashSet<u64> = arrivals.iter().map(|(s, _)| *s).collect();
         let missing: Vec<u64> = both.iter().filter(|s| !got.contains(s)).copied().collect();
         assert!(
             missing.is_empty(),
@@ -249,22 +254,20 @@ async fn a_slot_migration_resumes_delivery() {
 async fn redis_down_at_start_up_means_not_ready_until_it_is_up() {
     require_redis!();
     let port = free_ports(1)[0];
-    let gw = TestGateway::start(redis_config(
-        vec![format!("127.0.0.1:{port}")],
-        false,
-        "sharded",
-    ))
-    .await;
+    let gw = redis_gateway(vec![format!("127.0.0.1:{port}")], false, "sharded")
+        .start()
+        .await;
     assert_eq!(gw.get("/healthz").await.0, 200);
     assert_eq!(gw.get("/readyz").await.0, 503);
-    let url = format!("ws://{}/ws?token={}", gw.addr, token("early", &[]));
-    match tokio_tungstenite::connect_async(url).await {
-        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
-        other => panic!(
-            "a socket was admitted while Redis is down: {:?}",
-            other.map(|_| ())
-        ),
-    }
+    let early = gw
+        .ws_url(&token("early", &[]))
+        .into_client_request()
+        .unwrap();
+    assert_eq!(
+        gw.refused(early).await.0,
+        503,
+        "no socket is admitted while Redis is down"
+    );
     // Still not ready after a few reconnect attempts.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(gw.get("/readyz").await.0, 503);

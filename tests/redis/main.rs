@@ -7,8 +7,8 @@
 //!     cargo test --release --test redis -- --ignored --nocapture   # measurements
 
 mod harness;
-#[path = "../support/http.rs"]
-mod http;
+#[path = "../support/kit.rs"]
+mod kit;
 
 mod bench;
 mod classic;
