@@ -126,8 +126,16 @@ async fn gap_through(
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let both = publisher.await.unwrap();
-    // Let the last events drain.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What Redis reported delivered to both nodes is on its way to both
+    // sockets: wait until all of it has arrived, or until the deadline (then
+    // the assertions below name what is missing).
+    for rec in [&rec_a, &rec_b] {
+        until(DEADLINE, || async {
+            let got: HashSet<u64> = rec.lock().unwrap().iter().map(|(s, _)| *s).collect();
+            both.iter().all(|s| got.contains(s))
+        })
+        .await;
+    }
 
     for (node, rec, gw) in [("A", &rec_a, &a), ("B", &rec_b, &b)] {
         let arrivals = rec.lock().unwrap().clone();
@@ -268,9 +276,18 @@ async fn redis_down_at_start_up_means_not_ready_until_it_is_up() {
         503,
         "no socket is admitted while Redis is down"
     );
-    // Still not ready after a few reconnect attempts.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(gw.get("/readyz").await.0, 503);
+    // Still not ready after a few reconnect attempts (backoff 100, 200, 400
+    // ms). The node counts no failed attempt (gateway_broker_reconnects_total
+    // counts successful ones), so there is no event to wait for: readiness is
+    // sampled throughout the first retries instead, and is 503 every time.
+    let window = Instant::now();
+    loop {
+        assert_eq!(gw.get("/readyz").await.0, 503);
+        if window.elapsed() >= Duration::from_millis(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let redis = RedisServer::spawn(port, false, &[]);
     redis.wait_ready().await;
