@@ -28,8 +28,7 @@ impl GatewayProcess {
     async fn start(seeds: &[String], name: &str) -> GatewayProcess {
         let port = free_ports(1)[0];
         let dir = TempDir::new(&format!("gw-bench-{name}"));
-        let config = dir.0.join("gateway.toml");
-        std::fs::write(&config, "").unwrap();
+        let config = dir.file("gateway.toml", "");
         let child = gateway_command(&dir.0)
             .args(["serve", "--config"])
             .arg(&config)
