@@ -7,53 +7,18 @@
 // their visibility inside it, not an API.
 #![allow(unreachable_pub)]
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+#[path = "support/kit.rs"]
+mod kit;
+use kit::{SECRET, TempDir, gateway_command, repo};
 
-/// A unique temp directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "gateway-cli-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn gateway(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.current_dir(dir);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATEWAY_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
+/// A scratch directory for one test: no gateway.toml unless the test writes one.
+fn scratch() -> TempDir {
+    TempDir::new("gateway-cli-test")
 }
 
 fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
@@ -69,15 +34,11 @@ fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
     )
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 #[test]
 fn check_config_accepts_a_good_file() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let file = dir.file("good.toml", &format!("[auth]\nhs_secret = \"{SECRET}\"\n"));
-    let (code, stdout, stderr) = run(gateway(&dir.0)
+    let (code, stdout, stderr) = run(gateway_command(&dir.0)
         .arg("check-config")
         .arg("--config")
         .arg(&file));
@@ -87,12 +48,12 @@ fn check_config_accepts_a_good_file() {
 
 #[test]
 fn check_config_rejects_a_bad_file_naming_every_key() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let file = dir.file(
         "bad.toml",
         &format!("[auth]\nhs_secret = \"{SECRET}\"\n[websocket]\nmax_frame_bytes = 5\nbogus = 1\n"),
     );
-    let (code, stdout, stderr) = run(gateway(&dir.0)
+    let (code, stdout, stderr) = run(gateway_command(&dir.0)
         .arg("check-config")
         .arg("--config")
         .arg(&file));
@@ -107,13 +68,13 @@ fn check_config_rejects_a_bad_file_naming_every_key() {
 
 #[test]
 fn without_gateway_toml_key_material_is_required_and_explained() {
-    let dir = TempDir::new();
-    let (code, _, stderr) = run(gateway(&dir.0).arg("check-config"));
+    let dir = scratch();
+    let (code, _, stderr) = run(gateway_command(&dir.0).arg("check-config"));
     assert_eq!(code, Some(2));
     assert!(stderr.contains("auth.hs_secret"), "{stderr}");
     assert!(stderr.contains("GATEWAY_AUTH_HS_SECRET"), "{stderr}");
 
-    let (code, stdout, stderr) = run(gateway(&dir.0)
+    let (code, stdout, stderr) = run(gateway_command(&dir.0)
         .arg("check-config")
         .env("GATEWAY_AUTH_HS_SECRET", SECRET));
     assert_eq!(code, Some(0), "{stderr}");
@@ -122,7 +83,7 @@ fn without_gateway_toml_key_material_is_required_and_explained() {
 
 #[test]
 fn the_repository_config_is_ok_with_a_warning() {
-    let (code, stdout, stderr) = run(gateway(&repo_root()).arg("check-config"));
+    let (code, stdout, stderr) = run(gateway_command(&repo()).arg("check-config"));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "config OK (gateway.toml)\n");
     assert!(stderr.contains("DEVELOPMENT secret"), "{stderr}");
@@ -130,8 +91,8 @@ fn the_repository_config_is_ok_with_a_warning() {
 
 #[test]
 fn serve_refuses_a_bad_configuration_before_starting() {
-    let dir = TempDir::new();
-    let (code, _, stderr) = run(gateway(&dir.0)
+    let dir = scratch();
+    let (code, _, stderr) = run(gateway_command(&dir.0)
         .args(["serve", "--listen", "not-an-address"])
         .env("GATEWAY_AUTH_HS_SECRET", SECRET));
     assert_eq!(code, Some(2));
@@ -145,7 +106,7 @@ fn serve_refuses_a_bad_configuration_before_starting() {
 #[test]
 fn token_prints_only_a_jwt_from_the_repository_root() {
     let (code, stdout, stderr) =
-        run(gateway(&repo_root()).args(["token", "--sub", "alice", "--rooms", "lobby"]));
+        run(gateway_command(&repo()).args(["token", "--sub", "alice", "--rooms", "lobby"]));
     assert_eq!(code, Some(0), "{stderr}");
     let token = stdout.strip_suffix('\n').expect("ends with a newline");
     let parts: Vec<&str> = token.split('.').collect();
@@ -164,8 +125,8 @@ fn token_prints_only_a_jwt_from_the_repository_root() {
 
 #[test]
 fn token_refuses_without_an_hmac_key() {
-    let dir = TempDir::new();
-    let (code, stdout, _) = run(gateway(&dir.0).args(["token", "--sub", "alice"]));
+    let dir = scratch();
+    let (code, stdout, _) = run(gateway_command(&dir.0).args(["token", "--sub", "alice"]));
     assert_eq!(code, Some(2));
     assert!(stdout.is_empty());
 
@@ -173,7 +134,7 @@ fn token_refuses_without_an_hmac_key() {
         "rsa.toml",
         "[auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"k.pem\"\n",
     );
-    let mut cmd = gateway(&dir.0);
+    let mut cmd = gateway_command(&dir.0);
     cmd.args(["token", "--sub", "alice", "--config"]).arg(&file);
     let (code, stdout, stderr) = run(&mut cmd);
     assert_eq!(code, Some(2), "{stderr}");
@@ -195,11 +156,11 @@ fn both_commands(dir: &TempDir, file: &std::path::Path) -> [(Option<i32>, Vec<St
             .map(str::to_owned)
             .collect()
     };
-    let (check, _, check_err) = run(gateway(&dir.0)
+    let (check, _, check_err) = run(gateway_command(&dir.0)
         .arg("check-config")
         .arg("--config")
         .arg(file));
-    let mut child = gateway(&dir.0)
+    let mut child = gateway_command(&dir.0)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(file)
         .env("GATEWAY_SERVER_DRAIN_SECONDS", "0")
@@ -234,9 +195,9 @@ fn both_commands(dir: &TempDir, file: &std::path::Path) -> [(Option<i32>, Vec<St
 
 #[test]
 fn check_config_and_serve_agree_on_every_case() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let short = dir.file("short.secret", "too-short\n");
-    let rsa = repo_root().join("tests/keys/rsa_public.pem");
+    let rsa = repo().join("tests/keys/rsa_public.pem");
     let cases: [(&str, String, Option<i32>, &[&str]); 6] = [
         (
             "redis settings: every problem, not the first",
@@ -311,7 +272,7 @@ fn check_config_and_serve_agree_on_every_case() {
 async fn trace_logs_never_carry_tokens() {
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::AsyncBufReadExt;
-    let dir = TempDir::new();
+    let dir = scratch();
     let file = dir.file("trace.toml", &format!("[auth]\nhs_secret = \"{SECRET}\"\n"));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])

@@ -14,16 +14,14 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-const SECRET: &str = "deploy-assets-test-secret-0123456789abcdef";
+#[path = "support/kit.rs"]
+mod kit;
+use kit::{Proc, SECRET, TempDir, eventually_blocking, free_port, gateway_command, repo};
+
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -39,33 +37,6 @@ fn files(dir: &str, suffix: &str) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-#[path = "support/temp_dir.rs"]
-mod temp_dir;
-use temp_dir::TempDir;
-
-/// The gateway binary with no inherited `GATEWAY_*` variables, run in `dir`
-/// (away from the repository's gateway.toml).
-fn gateway(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATEWAY_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.current_dir(dir);
-    cmd
-}
-
-/// A serving node, killed on drop.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -87,19 +58,11 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Starts a node on a free port, waits for /healthz, and returns /metrics.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "a synchronous helper polls a child process with a deadline; no runtime worker is blocked"
-)]
 fn scrape_a_running_node() -> String {
     let dir = TempDir::new("gateway-deploy-test");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _node = Node(
-        gateway(&dir.0)
+    let port = free_port();
+    let _node = Proc::kill_on_drop(
+        gateway_command(&dir.0)
             .arg("serve")
             .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
             .env("GATEWAY_AUTH_HS_SECRET", SECRET)
@@ -107,15 +70,11 @@ fn scrape_a_running_node() -> String {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+        "gateway",
     );
-    let start = Instant::now();
-    while !matches!(get(port, "/healthz"), Some((200, _))) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "gateway did not answer /healthz"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually_blocking("gateway to answer /healthz", DEADLINE, || {
+        matches!(get(port, "/healthz"), Some((200, _)))
+    });
     let (status, body) = get(port, "/metrics").expect("/metrics answers");
     assert_eq!(status, 200);
     body
@@ -295,7 +254,7 @@ fn gateway_env(text: &str) -> Vec<(String, String)> {
 
 fn check_config(file: Option<&str>, env: &[(String, String)]) -> (bool, String) {
     let dir = TempDir::new("gateway-deploy-test");
-    let mut cmd = gateway(&dir.0);
+    let mut cmd = gateway_command(&dir.0);
     cmd.arg("check-config");
     if let Some(file) = file {
         cmd.arg("--config").arg(repo().join(file));

@@ -14,13 +14,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,10 +26,13 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "nginx-test-secret-0123456789abcdef0123456789";
+#[path = "support/kit.rs"]
+mod kit;
+use kit::{
+    Client, Ended, Proc, SECRET, TempDir, eventually_async, free_port, gateway_command, now, repo,
+};
+
 /// Drain window of the nodes: short, but long enough to show the spread.
 const DRAIN_SECONDS: u64 = 2;
 /// Bound on any single awaited event; a test failure, never a synchronisation.
@@ -39,53 +40,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const TEMPLATE: &str = "deploy/nginx/templates/gateway.conf.template";
 const UPSTREAMS_EXAMPLE: &str = "deploy/nginx/upstreams.example.conf";
 
-type Wss = WebSocketStream<TlsStream<TcpStream>>;
-
-#[path = "support/temp_dir.rs"]
-mod temp_dir;
-use temp_dir::TempDir;
-
-/// A child process stopped on drop: SIGTERM first (nginx's master must stop
-/// its workers itself, a SIGKILL would orphan them), SIGKILL if it lingers.
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "Drop cannot await; a bounded wait for a child process blocks no runtime worker"
-    )]
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// A test socket through nginx's TLS listener.
+type Wss = Client<TlsStream<TcpStream>>;
 
 /// The nginx binary on PATH or in the sbin directories (Debian installs it in
 /// /usr/sbin, which a non-root PATH may lack).
@@ -97,30 +53,16 @@ fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn log_file(dir: &Path, name: &str) -> Stdio {
     Stdio::from(File::create(dir.join(name)).unwrap())
 }
 
 /// One gateway node on the embedded broker, with its own node id.
 fn start_node(dir: &Path, node_id: &str, port: u16) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATEWAY_") {
-            cmd.env_remove(name);
-        }
-    }
-    let child = cmd
+    // In the scratch directory, away from the repository's gateway.toml: only
+    // what is set here counts.
+    let child = gateway_command(dir)
         .arg("serve")
-        // Away from the repository's gateway.toml: only what is set here counts.
-        .current_dir(dir)
         .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
         .env("GATEWAY_SERVER_NODE_ID", node_id)
         .env("GATEWAY_SERVER_DRAIN_SECONDS", DRAIN_SECONDS.to_string())
@@ -129,10 +71,7 @@ fn start_node(dir: &Path, node_id: &str, port: u16) -> Proc {
         .stderr(log_file(dir, &format!("{node_id}.err")))
         .spawn()
         .unwrap();
-    Proc {
-        child,
-        name: "gateway",
-    }
+    Proc::terminate_on_drop(child, "gateway")
 }
 
 /// Sends one HTTP/1.1 request on `stream` and returns the status and the
@@ -157,20 +96,14 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some(request(&mut stream, path).await)
 }
 
-/// Polls `GET path` until it answers 200; fails the test past the deadline.
-async fn wait_ok(port: u16, path: &str, what: &str, dir: &Path) {
-    let start = Instant::now();
-    loop {
-        if let Some((200, _)) = get(port, path).await {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what} did not answer 200 on {path}; logs in {}",
-            dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls `GET path` until it answers 200; fails the test past the deadline
+/// (the scratch directory, with the logs, is kept then).
+async fn wait_ok(port: u16, path: &str, what: &str) {
+    let what = format!("{what} to answer 200 on {path}");
+    eventually_async(&what, DEADLINE, || async {
+        matches!(get(port, path).await, Some((200, _)))
+    })
+    .await;
 }
 
 fn run(cmd: &mut Command) {
@@ -323,18 +256,9 @@ async fn tls(connector: &TlsConnector, port: u16) -> TlsStream<TcpStream> {
         .expect("TLS handshake with nginx")
 }
 
+/// A token for `sub` that may join the lobby (and publish nowhere).
 fn token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({"sub": sub, "exp": now + 3600, "iat": now, "rooms": ["lobby"]});
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    kit::sign(&json!({"sub": sub, "exp": now() + 3600, "iat": now(), "rooms": ["lobby"]}))
 }
 
 /// Opens wss://localhost:<port>/ws through nginx and returns the socket and
@@ -342,47 +266,18 @@ fn token(sub: &str) -> String {
 async fn connect(connector: &TlsConnector, port: u16, sub: &str) -> (Wss, String) {
     let stream = tls(connector, port).await;
     let url = format!("wss://localhost:{port}/ws?token={}", token(sub));
-    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(url, stream))
+    let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::client_async(url, stream))
         .await
         .expect("upgrade in time")
         .expect("upgrade through nginx");
-    let welcome = next_json(&mut ws).await;
+    let mut ws = Client::new(ws, None).with_deadline(DEADLINE);
+    let welcome = ws.recv().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let node = welcome["node"]
         .as_str()
         .expect("welcome names its node")
         .to_owned();
     (ws, node)
-}
-
-async fn next_json(ws: &mut Wss) -> Value {
-    loop {
-        let msg = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("frame in time")
-            .expect("socket open")
-            .expect("no socket error");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
-            _ => continue,
-        }
-    }
-}
-
-/// Reads until the close frame; returns its code (1005: none, 1006: dropped).
-async fn close_code(ws: &mut Wss) -> u16 {
-    loop {
-        match tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return 1006,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,8 +299,8 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
 
     let node_a = start_node(d, "node-a", port_a);
     let _node_b = start_node(d, "node-b", port_b);
-    wait_ok(port_a, "/healthz", "node-a", d).await;
-    wait_ok(port_b, "/healthz", "node-b", d).await;
+    wait_ok(port_a, "/healthz", "node-a").await;
+    wait_ok(port_b, "/healthz", "node-b").await;
 
     let (ca, cert, key) = make_certificates(d);
     std::fs::write(d.join("upstreams.conf"), upstreams(&[port_a, port_b])).unwrap();
@@ -431,11 +326,8 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
         .stderr(log_file(d, "nginx.err"))
         .spawn()
         .unwrap();
-    let _nginx = Proc {
-        child,
-        name: "nginx",
-    };
-    wait_ok(http_port, "/nginx-health", "nginx", d).await;
+    let _nginx = Proc::terminate_on_drop(child, "nginx");
+    wait_ok(http_port, "/nginx-health", "nginx").await;
 
     // Plain HTTP only redirects to TLS.
     let (status, response) = get(http_port, "/ws").await.unwrap();
@@ -473,20 +365,13 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
     // Drain node-a: its sockets get 1012 and reconnect through nginx to
     // node-b, whether node-a still refuses upgrades with 503 or has already
     // closed its listener (proxy_next_upstream covers both).
-    let pid = node_a.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    node_a.terminate();
     let (drained, mut kept): (Vec<_>, Vec<_>) =
         sockets.into_iter().partition(|(_, n)| n == "node-a");
     for (i, (mut ws, _)) in drained.into_iter().enumerate() {
         assert_eq!(
-            close_code(&mut ws).await,
-            1012,
+            ws.ended().await,
+            Ended::Closed(1012),
             "a draining node closes with 1012 (service restart)"
         );
         let (_ws, node) = connect(&connector, https_port, &format!("again{i}")).await;
@@ -497,10 +382,8 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
     }
     // node-b's sockets never noticed.
     for (i, (ws, _)) in kept.iter_mut().enumerate() {
-        ws.send(Message::text(json!({"type": "ping", "id": i}).to_string()))
-            .await
-            .unwrap();
-        assert_eq!(next_json(ws).await, json!({"type": "pong", "id": i}));
+        ws.send(json!({"type": "ping", "id": i})).await;
+        assert_eq!(ws.recv().await, json!({"type": "pong", "id": i}));
     }
 
     // The drained process exits 0 within its drain window (plus the deadline).

@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::harness::*;
+use crate::kit::*;
 
 async fn refused_401(gw: &TestGateway, token: &str, reason: &str) {
     let (status, body) = gw.refused(gw.request(Some(token))).await;
@@ -156,7 +156,11 @@ async fn origin_allowlist() {
 
 #[tokio::test]
 async fn capacity_and_per_user_and_per_ip_caps() {
-    let gw = TestGateway::with_capacity(|c| c.limits.max_sockets_per_user = 1, 2).await;
+    let gw = TestGateway::builder()
+        .config(|c| c.limits.max_sockets_per_user = 1)
+        .capacity(2)
+        .start()
+        .await;
     let _a = gw.connect(&token("alice", &[])).await;
     let (status, body) = gw.refused(gw.request(Some(&token("alice", &[])))).await;
     assert_eq!(

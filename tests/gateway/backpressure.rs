@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::harness::*;
+use crate::kit::*;
 
 /// A client that will stop reading. Its receive buffer stays at the default
 /// (a tiny one throttles its catch-up reads to a trickle of delayed ACKs, and
@@ -21,11 +21,7 @@ async fn stalling_client(gw: &TestGateway, token: &str) -> Client {
         tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
             .await
             .unwrap();
-    let mut c = Client {
-        ws,
-        binary: false,
-        protocol: None,
-    };
+    let mut c = Client::new(ws, None);
     assert_eq!(c.recv().await["type"], "welcome");
     c
 }
@@ -73,7 +69,7 @@ async fn a_slow_consumer_is_closed_with_4008_and_its_neighbour_gets_everything()
         n.metrics.slow_consumer_closes.get() == 1
     })
     .await;
-    assert_eq!(slow.ended().await, Ended::Closed(4008));
+    slow.expect_close(4008).await;
     assert_eq!(gw.metric("gateway_closes_total{code=\"4008\"}").await, 1.0);
 }
 

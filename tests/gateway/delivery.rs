@@ -5,7 +5,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::harness::*;
+use crate::kit::*;
 
 async fn connect_many(gw: &TestGateway, n: usize, room: &str) -> Vec<Client> {
     let mut clients = Vec::new();

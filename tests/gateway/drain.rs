@@ -1,14 +1,13 @@
 //! Drain: not ready at once, listener closed, every socket closed with 1012
 //! after its queued frames, and `run` finishes; as a process, SIGTERM exits 0.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use bytes::Bytes;
 use gateway::protocol::Channel;
 use tokio::net::TcpStream;
 
-use crate::harness::*;
+use crate::kit::*;
 
 #[tokio::test]
 async fn drain_flushes_then_closes_every_socket_with_1012() {
@@ -64,7 +63,7 @@ async fn drain_flushes_then_closes_every_socket_with_1012() {
                 "queued events are flushed before the close"
             );
         }
-        assert_eq!(c.ended().await, Ended::Closed(1012));
+        c.expect_close(1012).await;
     }
     assert!(
         tokio::time::timeout(DEADLINE, gw.run)
@@ -82,43 +81,36 @@ async fn drain_flushes_then_closes_every_socket_with_1012() {
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("serve")
-        .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GATEWAY_AUTH_HS_SECRET", SECRET)
-        .env("GATEWAY_SERVER_DRAIN_SECONDS", "1")
-        .current_dir(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let dir = TempDir::new("gateway-sigterm-test");
+    let gateway = Proc::terminate_on_drop(
+        gateway_command(&dir.0)
+            .arg("serve")
+            .env("GATEWAY_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GATEWAY_AUTH_HS_SECRET", SECRET)
+            .env("GATEWAY_SERVER_DRAIN_SECONDS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "gateway",
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let start = tokio::time::Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < DEADLINE, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("gateway listening", DEADLINE, || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
     let url = format!("ws://{addr}/ws?token={}", token("alice", &[]));
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut c = Client {
-        ws,
-        binary: false,
-        protocol: None,
-    };
+    let mut c = Client::new(ws, None);
     assert_eq!(c.recv().await["type"], "welcome");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(c.ended().await, Ended::Closed(1012));
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    gateway.terminate();
+    c.expect_close(1012).await;
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
     assert_eq!(exit.code(), Some(0));
 }

@@ -5,7 +5,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::harness::*;
+use crate::kit::*;
 
 #[tokio::test]
 async fn welcome_subscribe_ping_and_errors() {
@@ -154,7 +154,7 @@ async fn repeated_bad_frames_close_with_1008() {
     }
     assert_eq!(c.recv().await["code"], "bad_frame");
     assert_eq!(c.recv().await["code"], "bad_frame");
-    assert_eq!(c.ended().await, Ended::Closed(1008));
+    c.expect_close(1008).await;
 }
 
 #[tokio::test]
@@ -163,7 +163,7 @@ async fn oversized_frame_closes_with_1009() {
     let mut c = gw.connect(&token("a", &["lobby"])).await;
     let big = json!({"type": "publish", "room": "lobby", "data": "x".repeat(4096)});
     c.send(big).await;
-    assert_eq!(c.ended().await, Ended::Closed(1009));
+    c.expect_close(1009).await;
     assert_eq!(gw.metric("gateway_closes_total{code=\"1009\"}").await, 1.0);
 }
 
@@ -183,7 +183,7 @@ async fn inbound_rate_limit_errors_then_closes_with_4029() {
     assert_eq!(c.recv().await, json!({"type": "pong", "id": 1}));
     assert_eq!(c.recv().await["code"], "rate_limited");
     assert_eq!(c.recv().await["code"], "rate_limited");
-    assert_eq!(c.ended().await, Ended::Closed(4029));
+    c.expect_close(4029).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::*;
+use crate::kit::*;
 
 /// Opens a TCP connection and upgrades it by hand; returns the stream after
 /// the 101 (with the server's first frame, `welcome`, still unread).

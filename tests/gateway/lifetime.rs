@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::*;
+use crate::kit::*;
 
 #[tokio::test]
 async fn refresh_needs_a_valid_token_for_the_same_user() {
@@ -40,7 +40,7 @@ async fn an_expiring_token_closes_with_4001_unless_refreshed() {
         .send(json!({"type": "refresh", "token": token("b", &[]), "id": 1}))
         .await;
     assert_eq!(refreshed.recv().await["type"], "ok");
-    assert_eq!(expiring.ended().await, Ended::Closed(4001));
+    expiring.expect_close(4001).await;
     // The refreshed socket outlives the original expiry.
     refreshed.send(json!({"type": "ping", "id": 2})).await;
     assert_eq!(refreshed.recv().await, json!({"type": "pong", "id": 2}));

@@ -6,9 +6,8 @@
 // their visibility inside it, not an API.
 #![allow(unreachable_pub)]
 
-mod harness;
-#[path = "../support/http.rs"]
-mod http;
+#[path = "../support/kit.rs"]
+mod kit;
 
 mod admission;
 mod backpressure;

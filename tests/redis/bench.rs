@@ -6,7 +6,7 @@
 //! (in this process) and the servers each stay under the 20,000 open-files
 //! limit. `GW_BENCH_SOCKETS` overrides the socket count (default 10,000).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,27 +19,17 @@ use crate::require_redis;
 
 /// A `gateway serve` child process, killed by PID on drop.
 struct GatewayProcess {
-    child: Child,
     addr: std::net::SocketAddr,
+    _child: Proc,
     _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 impl GatewayProcess {
     async fn start(seeds: &[String], name: &str) -> GatewayProcess {
         let port = free_ports(1)[0];
-        let dir = std::env::temp_dir().join(format!("gw-bench-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, "").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let dir = TempDir::new(&format!("gw-bench-{name}"));
+        let config = dir.file("gateway.toml", "");
+        let child = gateway_command(&dir.0)
             .args(["serve", "--config"])
             .arg(&config)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--node-id", name])
@@ -54,9 +44,9 @@ impl GatewayProcess {
             .expect("gateway binary runs");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let gw = GatewayProcess {
-            child,
             addr,
-            _dir: TempDir(dir),
+            _child: Proc::kill_on_drop(child, "gateway"),
+            _dir: dir,
         };
         eventually_async("gateway process ready", Duration::from_secs(30), || async {
             tokio::net::TcpStream::connect(addr).await.is_ok()
@@ -74,21 +64,7 @@ impl GatewayProcess {
 
     async fn metric(&self, series: &str) -> f64 {
         let (_, text) = http(self.addr, "GET", "/metrics", &[], "").await;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        metric_value(&text, series)
     }
 }
 

@@ -24,9 +24,9 @@ async fn classic_mode_against_a_single_redis() {
     require_redis!();
     let redis = SingleRedis::start().await;
     let port = redis.server.port;
-    let config = || redis_config(vec![redis.server.addr()], false, "classic");
-    let a = TestGateway::ready(config()).await;
-    let b = TestGateway::ready(config()).await;
+    let gateway = || redis_gateway(vec![redis.server.addr()], false, "classic");
+    let a = gateway().ready().await;
+    let b = gateway().ready().await;
     let mut on_a = a.connect(&token("carol", &["news"])).await;
     let mut on_b = b.connect(&token("dave", &["news"])).await;
     on_a.subscribe("news").await;

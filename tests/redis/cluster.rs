@@ -5,7 +5,6 @@
 //! gone, right after subscribe/unsubscribe storms).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -16,8 +15,12 @@ use crate::require_redis;
 async fn backend_http_and_client_publishes_reach_sockets_on_every_node() {
     require_redis!();
     let cluster = RedisCluster::start().await;
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
     let mut alice_a = a.connect(&token("alice", &["lobby"])).await;
     let mut alice_b = b.connect(&token("alice", &[])).await;
     let mut bob_b = b.connect(&token("bob", &["lobby"])).await;
@@ -85,15 +88,25 @@ async fn backend_http_and_client_publishes_reach_sockets_on_every_node() {
         alice_a.recv().await,
         event("room:lobby", json!("plain text"))
     );
-    alice_b.silent_for(Duration::from_millis(200)).await;
+    // alice's socket on B is in no room, so it got none of the room's events:
+    // once bob has the last one, node B has handed it to every local
+    // subscriber, and the next frame alice's socket sees is one published
+    // after it.
+    assert_eq!(bob_b.recv().await, event("room:lobby", json!("plain text")));
+    assert_eq!(backend.spublish("gw:user:alice", r#""last""#).await, Ok(2));
+    assert_eq!(alice_b.recv().await, event("user:alice", json!("last")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_interest_and_storms_end_in_the_right_state() {
     require_redis!();
     let cluster = RedisCluster::start().await;
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
 
     // Per-channel order of 1,000 events, pipelined by the backend.
     let mut on_a = a.connect(&token("ua", &["seq"])).await;
@@ -201,6 +214,20 @@ async fn order_interest_and_storms_end_in_the_right_state() {
             .map(|r| format!("storm-{r}"))
             .collect();
         assert_eq!(got, expected, "socket {s}");
-        c.silent_for(Duration::from_millis(50)).await;
+    }
+    // No socket got an event of a room it had left: the next frame each one
+    // sees is one published after all of them. Every room has members, so
+    // node A had handed every room's event to its sockets before this one.
+    assert!(
+        (0..ROOMS).all(|r| (0..SOCKETS).any(|s| wanted(s, r))),
+        "every room has a member"
+    );
+    assert_eq!(backend.spublish("gw:broadcast", r#""end""#).await, Ok(2));
+    for (s, c) in sockets.iter_mut().enumerate() {
+        assert_eq!(
+            c.recv().await,
+            event("broadcast", json!("end")),
+            "socket {s} got nothing else"
+        );
     }
 }

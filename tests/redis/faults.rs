@@ -9,11 +9,12 @@
 //! down are lost (documented); every event Redis reports as delivered to
 //! both nodes (SPUBLISH count 2) must reach both sockets.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::*;
 use crate::require_redis;
@@ -100,8 +101,12 @@ async fn gap_through(
     target: Duration,
     fault: impl AsyncFnOnce(&mut RedisCluster),
 ) {
-    let a = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
-    let b = TestGateway::ready(redis_config(cluster.seeds(), true, "sharded")).await;
+    let a = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
+    let b = redis_gateway(cluster.seeds(), true, "sharded")
+        .ready()
+        .await;
     let mut on_a = a.connect(&token("fa", &[ROOM])).await;
     let mut on_b = b.connect(&token("fb", &[ROOM])).await;
     on_a.subscribe(ROOM).await;
@@ -121,8 +126,16 @@ async fn gap_through(
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let both = publisher.await.unwrap();
-    // Let the last events drain.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What Redis reported delivered to both nodes is on its way to both
+    // sockets: wait until all of it has arrived, or until the deadline (then
+    // the assertions below name what is missing).
+    for rec in [&rec_a, &rec_b] {
+        until(DEADLINE, || async {
+            let got: HashSet<u64> = rec.lock().unwrap().iter().map(|(s, _)| *s).collect();
+            both.iter().all(|s| got.contains(s))
+        })
+        .await;
+    }
 
     for (node, rec, gw) in [("A", &rec_a, &a), ("B", &rec_b, &b)] {
         let arrivals = rec.lock().unwrap().clone();
@@ -138,7 +151,7 @@ async fn gap_through(
             }
         );
         assert!(gap < target * 2, "{what}: gap {gap:?} on node {node}");
-        let got: std::collections::HashSet<u64> = arrivals.iter().map(|(s, _)| *s).collect();
+        let got: HashSet<u64> = arrivals.iter().map(|(s, _)| *s).collect();
         let missing: Vec<u64> = both.iter().filter(|s| !got.contains(s)).copied().collect();
         assert!(
             missing.is_empty(),
@@ -249,25 +262,32 @@ async fn a_slot_migration_resumes_delivery() {
 async fn redis_down_at_start_up_means_not_ready_until_it_is_up() {
     require_redis!();
     let port = free_ports(1)[0];
-    let gw = TestGateway::start(redis_config(
-        vec![format!("127.0.0.1:{port}")],
-        false,
-        "sharded",
-    ))
-    .await;
+    let gw = redis_gateway(vec![format!("127.0.0.1:{port}")], false, "sharded")
+        .start()
+        .await;
     assert_eq!(gw.get("/healthz").await.0, 200);
     assert_eq!(gw.get("/readyz").await.0, 503);
-    let url = format!("ws://{}/ws?token={}", gw.addr, token("early", &[]));
-    match tokio_tungstenite::connect_async(url).await {
-        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 503),
-        other => panic!(
-            "a socket was admitted while Redis is down: {:?}",
-            other.map(|_| ())
-        ),
+    let early = gw
+        .ws_url(&token("early", &[]))
+        .into_client_request()
+        .unwrap();
+    assert_eq!(
+        gw.refused(early).await.0,
+        503,
+        "no socket is admitted while Redis is down"
+    );
+    // Still not ready after a few reconnect attempts (backoff 100, 200, 400
+    // ms). The node counts no failed attempt (gateway_broker_reconnects_total
+    // counts successful ones), so there is no event to wait for: readiness is
+    // sampled throughout the first retries instead, and is 503 every time.
+    let window = Instant::now();
+    loop {
+        assert_eq!(gw.get("/readyz").await.0, 503);
+        if window.elapsed() >= Duration::from_millis(600) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Still not ready after a few reconnect attempts.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(gw.get("/readyz").await.0, 503);
 
     let redis = RedisServer::spawn(port, false, &[]);
     redis.wait_ready().await;

@@ -1,8 +1,9 @@
-//! Real Redis for the bridge's tests: a throwaway 6-node Redis Cluster (3
+//! Real Redis for the bridge's tests, on the shared kit (`crate::kit`, whose
+//! names this module re-exports): a throwaway 6-node Redis Cluster (3
 //! masters, 3 replicas, `cluster-node-timeout 2000`) or a single Redis on free
 //! loopback ports in temporary directories, killed by PID when dropped; a
-//! minimal RESP client for the backend side (publishing, `CLUSTER` commands);
-//! gateway nodes in-process and a small WebSocket client.
+//! minimal RESP client (plain or TLS) for the backend side (publishing,
+//! `CLUSTER` and `ACL` commands); and gateway nodes bridged to them.
 //!
 //! Without `redis-server` a test prints why and passes, unless `CI` is set:
 //! then it fails, so CI never goes green by running nothing.
@@ -10,28 +11,22 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
-use gateway::app::{self, Gateway};
-use gateway::config::Config;
-use gateway::node::Node;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-pub use crate::http::http;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+pub use crate::kit::*;
 
-pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
-pub const API_KEY: &str = "test-api-key";
-/// How long any single awaited thing may take before the test fails.
+/// How long any single awaited thing may take before the test fails: more
+/// than the kit's default, for failovers and cluster start-up on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Whether Redis can be run here. Without it: fail under CI, else skip loudly.
@@ -91,16 +86,14 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
-    dir: PathBuf,
+    dir: TempDir,
     cluster: bool,
     extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn spawn(port: u16, cluster: bool, extra: &[&str]) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("gw-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new(&format!("gw-redis-{port}"));
         let mut s = RedisServer {
             port,
             child: None,
@@ -115,7 +108,7 @@ impl RedisServer {
     /// (Re)starts the process on the same port and directory.
     pub fn start(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.current_dir(&self.dir)
+        cmd.current_dir(&self.dir.0)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -162,28 +155,24 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Waits until it answers PING (plain TCP).
     pub async fn wait_ready(&self) {
-        let start = Instant::now();
-        loop {
-            if let Ok(mut c) = Resp::connect(self.port).await
-                && c.cmd(&["PING"]).await.is_ok()
-            {
-                return;
+        let what = format!("redis on {} to start", self.port);
+        eventually_async(&what, DEADLINE, || async {
+            match Resp::connect(self.port).await {
+                Ok(mut c) => c.cmd(&["PING"]).await.is_ok(),
+                Err(_) => false,
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "redis on {} did not start",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 }
 
 impl Drop for RedisServer {
+    /// Kills the process; its directory (with `redis.log`) goes with the
+    /// `TempDir`, which keeps it when the test failed.
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -408,14 +397,50 @@ impl Reply {
     }
 }
 
+/// A byte stream a [`Resp`] can run over: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// A backend's connection to one Redis node: enough RESP to publish and to
-/// drive `CLUSTER` commands.
+/// drive `CLUSTER` and `ACL` commands.
 pub struct Resp {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
 }
 
 impl Resp {
+    /// A plain TCP connection to the Redis on `port`.
     pub async fn connect(port: u16) -> std::io::Result<Resp> {
+        let stream = Self::tcp(port).await?;
+        Ok(Resp {
+            stream: BufReader::new(Box::new(stream)),
+        })
+    }
+
+    /// A TLS connection to the Redis on `port` (its certificate for
+    /// 127.0.0.1 signed by the CA in `ca_file`).
+    pub async fn connect_tls(port: u16, ca_file: &Path) -> std::io::Result<Resp> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca_file).map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+        let config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1").map_err(std::io::Error::other)?;
+        let tcp = Self::tcp(port).await?;
+        let stream = tokio::time::timeout(
+            Duration::from_secs(2),
+            TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+        Ok(Resp {
+            stream: BufReader::new(Box::new(stream)),
+        })
+    }
+
+    async fn tcp(port: u16) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(
             Duration::from_secs(2),
             TcpStream::connect(("127.0.0.1", port)),
@@ -423,9 +448,33 @@ impl Resp {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))??;
         stream.set_nodelay(true)?;
-        Ok(Resp {
-            stream: BufReader::new(stream),
-        })
+        Ok(stream)
+    }
+
+    /// How often Redis refused to authenticate `user`, from `ACL LOG` (whose
+    /// entries count repeats of the same failure).
+    pub async fn auth_failures(&mut self, user: &str) -> i64 {
+        let Reply::Array(entries) = self.cmd(&["ACL", "LOG"]).await.unwrap() else {
+            panic!("ACL LOG is not an array");
+        };
+        entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Reply::Array(fields) => {
+                    let field = |name: &str| {
+                        fields
+                            .chunks(2)
+                            .find(|kv| kv[0].text() == name)
+                            .map(|kv| kv[1].clone())
+                    };
+                    let is =
+                        |name: &str, value: &str| field(name).is_some_and(|v| v.text() == value);
+                    (is("reason", "auth") && is("username", user))
+                        .then(|| field("count").map_or(0, |c| c.int()))
+                }
+                _ => None,
+            })
+            .sum()
     }
 
     pub async fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
@@ -565,186 +614,19 @@ impl Backend {
 
 // ---------------------------------------------------------------- gateways
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A token for `sub` that may join and publish to `rooms`.
-pub fn token(sub: &str, rooms: &[&str]) -> String {
-    let claims =
-        json!({"sub": sub, "exp": now() + 3600, "iat": now(), "rooms": rooms, "publish": rooms});
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// A gateway configuration bridged to Redis at `nodes`.
-pub fn redis_config(nodes: Vec<String>, cluster: bool, pubsub: &str) -> Config {
-    let mut c = Config::default();
-    c.server.listen = "127.0.0.1:0".into();
-    c.server.drain_seconds = 1;
-    c.auth.hs_secret = SECRET.into();
-    c.auth.leeway_seconds = 0;
-    c.api.keys = vec![API_KEY.into()];
-    c.limits.messages_per_second = 0;
-    c.limits.connect_rate = 0;
-    c.broker.kind = gateway::config::BrokerKind::Redis;
-    c.broker.redis.nodes = nodes;
-    c.broker.redis.cluster = cluster;
-    c.broker.redis.pubsub = match pubsub {
-        "classic" => gateway::config::PubSub::Classic,
-        _ => gateway::config::PubSub::Sharded,
-    };
-    c
-}
-
-pub struct TestGateway {
-    pub addr: std::net::SocketAddr,
-    pub node: Arc<Node>,
-    pub run: JoinHandle<bool>,
-}
-
-impl TestGateway {
-    /// Starts a node; does not wait for the broker. `RUST_LOG` shows its logs.
-    pub async fn start(config: Config) -> TestGateway {
-        if std::env::var_os("RUST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_test_writer()
-                .try_init();
-        }
-        let gw: Gateway = app::build(config, prometheus::Registry::new(), 10_000)
-            .await
-            .expect("gateway builds");
-        let (addr, node) = (gw.addr, gw.node.clone());
-        let run = tokio::spawn(gw.run());
-        TestGateway { addr, node, run }
-    }
-
-    /// Starts a node and waits until it is ready (broker up).
-    pub async fn ready(config: Config) -> TestGateway {
-        let gw = Self::start(config).await;
-        gw.wait_ready().await;
-        gw
-    }
-
-    pub async fn wait_ready(&self) {
-        self.eventually("ready", |n| n.readiness().is_ok()).await;
-    }
-
-    /// Connects and reads the `welcome` frame.
-    pub async fn connect(&self, token: &str) -> Client {
-        let url = format!("ws://{}/ws?token={token}", self.addr);
-        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect in time")
-            .expect("upgrade accepted");
-        let mut c = Client { ws };
-        let welcome = c.recv().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        c
-    }
-
-    /// `POST /api/publish`; returns the status code.
-    pub async fn publish_http(&self, channel: &str, data: Value) -> u16 {
-        crate::http::publish(self.addr, API_KEY, channel, data).await
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, String) {
-        http(self.addr, "GET", path, &[], "").await
-    }
-
-    /// Polls `check` until it holds; fails the test after the deadline.
-    pub async fn eventually(&self, what: &str, mut check: impl FnMut(&Node) -> bool) {
-        let start = Instant::now();
-        while !check(&self.node) {
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn live_subscriptions(&self) -> usize {
-        self.node.broker().subscription_count()
-    }
-}
-
-/// Polls an async check until it holds; fails the test after `limit`.
-pub async fn eventually_async<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Client {
-    pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
-    }
-
-    /// The next data frame as JSON.
-    pub async fn recv(&mut self) -> Value {
-        self.recv_within(DEADLINE).await.expect("frame in time")
-    }
-
-    /// The next data frame, or `None` after `limit`.
-    pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()?
-                .expect("socket open")
-                .expect("no socket error");
-            match msg {
-                Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
-                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Subscribes and waits for the `ok`.
-    pub async fn subscribe(&mut self, room: &str) {
-        self.send(json!({"type": "subscribe", "room": room, "id": room}))
-            .await;
-        let reply = self.recv().await;
-        assert_eq!(reply, json!({"type": "ok", "id": room}));
-    }
-
-    pub async fn unsubscribe(&mut self, room: &str) {
-        self.send(json!({"type": "unsubscribe", "room": room, "id": room}))
-            .await;
-        let reply = self.recv().await;
-        assert_eq!(reply, json!({"type": "ok", "id": room}));
-    }
-
-    /// Asserts nothing arrives within `limit`.
-    pub async fn silent_for(&mut self, limit: Duration) {
-        if let Some(frame) = self.recv_within(limit).await {
-            panic!("unexpected frame {frame}");
-        }
-    }
-}
-
-/// An event frame as the contract shapes it.
-pub fn event(channel: &str, data: Value) -> Value {
-    json!({"type": "event", "channel": channel, "data": data})
+/// A test gateway (the kit's configuration, no connection rate limit)
+/// bridged to Redis at `nodes`, with this suite's deadline.
+pub fn redis_gateway(nodes: Vec<String>, cluster: bool, pubsub: &str) -> Builder {
+    TestGateway::builder()
+        .config(|c| {
+            c.limits.connect_rate = 0;
+            c.broker.kind = gateway::config::BrokerKind::Redis;
+            c.broker.redis.nodes = nodes;
+            c.broker.redis.cluster = cluster;
+            c.broker.redis.pubsub = match pubsub {
+                "classic" => gateway::config::PubSub::Classic,
+                _ => gateway::config::PubSub::Sharded,
+            };
+        })
+        .deadline(DEADLINE)
 }

@@ -11,8 +11,8 @@
 #![allow(unreachable_pub)]
 
 mod harness;
-#[path = "../support/http.rs"]
-mod http;
+#[path = "../support/kit.rs"]
+mod kit;
 
 mod bench;
 mod classic;

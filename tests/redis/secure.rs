@@ -3,8 +3,8 @@
 //! subscriber and the publisher side go through them. Wrong credentials keep
 //! the node unready instead of half-working.
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -79,10 +79,9 @@ fn make_certs(dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_acl_auth_carry_both_directions() {
     require_redis!();
-    let dir = std::env::temp_dir().join(format!("gw-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    make_certs(&dir);
-    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let dir = TempDir::new("gw-tls");
+    make_certs(&dir.0);
+    let file = |name: &str| dir.0.join(name).to_string_lossy().into_owned();
     let port = free_ports(1)[0];
     let (cert, key, ca) = (file("srv.crt"), file("srv.key"), file("ca.crt"));
     let _redis = RedisServer::spawn(
@@ -113,16 +112,18 @@ async fn tls_and_acl_auth_carry_both_directions() {
             "+@all",
         ],
     );
-    let config = |password: &str| {
-        let mut c = redis_config(vec![format!("127.0.0.1:{port}")], false, "sharded");
-        c.broker.redis.tls = true;
-        c.broker.redis.tls_ca_file = ca.clone();
-        c.broker.redis.username = "gw".into();
-        c.broker.redis.password = password.into();
-        c
+    let gateway = |password: &str| {
+        let password = password.to_owned();
+        let ca = ca.clone();
+        redis_gateway(vec![format!("127.0.0.1:{port}")], false, "sharded").config(move |c| {
+            c.broker.redis.tls = true;
+            c.broker.redis.tls_ca_file = ca;
+            c.broker.redis.username = "gw".into();
+            c.broker.redis.password = password;
+        })
     };
-    let a = TestGateway::ready(config("s3cret")).await;
-    let b = TestGateway::ready(config("s3cret")).await;
+    let a = gateway("s3cret").ready().await;
+    let b = gateway("s3cret").ready().await;
     let mut on_b = b.connect(&token("tess", &["vault"])).await;
     on_b.subscribe("vault").await;
     assert_eq!(
@@ -134,12 +135,24 @@ async fn tls_and_acl_auth_carry_both_directions() {
         event("room:vault", json!({"over": "tls"}))
     );
 
-    let wrong = TestGateway::start(config("wrong")).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Redis itself counts the refusals (ACL LOG). Three of them: more than
+    // the node's two clients (subscriber, publisher) make on a first try, so
+    // the node has retried after being refused, and is still not ready.
+    let refusals = async || {
+        let mut admin = Resp::connect_tls(port, Path::new(&ca)).await.unwrap();
+        let auth = admin.cmd(&["AUTH", "gw", "s3cret"]).await.unwrap();
+        assert_eq!(auth, Reply::Simple("OK".into()));
+        admin.auth_failures("gw").await
+    };
+    let before = refusals().await;
+    let wrong = gateway("wrong").start().await;
+    eventually_async("Redis to refuse the node three times", DEADLINE, || async {
+        refusals().await >= before + 3
+    })
+    .await;
     assert_eq!(
         wrong.get("/readyz").await.0,
         503,
         "bad credentials never make a node ready"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,5 @@
 //! A minimal HTTP/1.1 client for black-box tests: one request per call,
-//! reading exactly `content-length` bytes of body. Shared by test binaries
-//! through `#[path = "../support/http.rs"] mod http;` in their `main.rs`.
-
-#![allow(dead_code)]
+//! reading exactly `content-length` bytes of body; and the publish API call.
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! A unique scratch directory for a test, removed on drop unless the test
-//! failed (then its logs are kept and their path printed). Shared by test
-//! binaries through `#[path = "support/temp_dir.rs"] mod temp_dir;`.
+//! failed (then its logs are kept and their path printed).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +19,13 @@ impl TempDir {
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).unwrap();
         Self(path)
+    }
+
+    /// Writes `contents` to `name` in the directory; the file's path.
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
     }
 }
 
