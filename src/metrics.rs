@@ -5,8 +5,7 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::auth::AuthError;
-use crate::protocol::{Disconnect, ErrorCode, Refusal};
-use crate::session::{End, EndedBy};
+use crate::protocol::{Disconnect, End, EndedBy, ErrorCode, Refusal};
 
 /// Frame types of `gateway_frames_in_total`.
 pub const FRAME_TYPES: [&str; 6] = [

@@ -9,11 +9,13 @@ use std::fmt;
 use std::sync::Arc;
 
 mod codec;
+mod end;
 mod event;
 pub mod payload;
 mod refusal;
 
 pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
+pub use end::{End, EndedBy};
 pub use event::{Event, Publication};
 pub use payload::{PayloadError, inspect};
 pub use refusal::Refusal;

@@ -37,14 +37,11 @@ use crate::hub::{ConnId, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::protocol::{Channel, Disconnect, Format, RoomName};
+use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName};
 
 mod commands;
-mod end;
 #[cfg(test)]
 mod tests;
-
-pub use end::{End, EndedBy};
 
 /// How long a closing socket may take to deliver its close frame and get the
 /// peer's reply. A peer that stopped reading and then resumes needs a few

@@ -45,6 +45,7 @@ use crate::protocol::Channel;
 
 mod client;
 mod connection;
+mod fleet;
 mod names;
 mod probe;
 mod publisher;

@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::RedisSettings;
-use super::probe::Health;
+use super::fleet::Health;
 use super::shared::{Event, Shared};
 use super::topology::Addr;
 use crate::protocol::Publication;

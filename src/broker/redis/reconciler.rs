@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::RedisSettings;
 use super::connection::{self, Conn};
+use super::fleet::{Fleet, NodeView};
 use super::names::slot;
-use super::probe::{self, Fleet, NodeView};
+use super::probe;
 use super::shared::{Event, Shared};
 use super::table::NodeOps;
 use super::topology::{Addr, Topology};

@@ -11,8 +11,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::RedisSettings;
+use super::fleet::Fleet;
 use super::names::Names;
-use super::probe::Fleet;
 use super::table::Table;
 use super::topology::Addr;
 use crate::broker::BrokerState;

@@ -1,9 +1,10 @@
-//! How a session ended, and who ended it: the one record every exit path
-//! produces, counted in `gateway_sessions_ended_total{by}` so that an
-//! operator can tell a deploy (server) from abuse (policy) from flaky
-//! networks (network) from clients that simply leave (client).
+//! How a connection ended, and who ended it: the one record every session's
+//! exit path produces, counted in `gateway_sessions_ended_total{by}` so that
+//! an operator can tell a deploy (server) from abuse (policy) from flaky
+//! networks (network) from clients that simply leave (client). It sits with
+//! the close codes it classifies.
 
-use crate::protocol::Disconnect;
+use super::Disconnect;
 
 /// Who ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
