@@ -412,6 +412,19 @@ where
     /// client sees the code; a peer that never answers is dropped.
     async fn close(&mut self, reason: Disconnect) {
         self.node.metrics.closed(reason);
+        // What is already queued (an `error` frame explaining the close, a
+        // `welcome`) goes first; a slow consumer's queue was discarded, and a
+        // silent peer would only make us wait.
+        if !matches!(
+            reason,
+            Disconnect::SlowConsumer | Disconnect::HeartbeatTimeout
+        ) {
+            for _ in 0..4 {
+                if self.me.outbox.is_empty() || matches!(self.flush_outbox().await, Flow::Gone) {
+                    break;
+                }
+            }
+        }
         let frame = CloseFrame {
             code: CloseCode::from(reason.code()),
             reason: reason.reason().into(),
