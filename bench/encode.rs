@@ -6,7 +6,6 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -21,29 +20,13 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode_event");
     g.bench_function("json_once", |b| {
         b.iter(|| {
-            let e = Event::new(
-                Publication {
-                    channel: channel.clone(),
-                    payload: payload(),
-                    received_at: Instant::now(),
-                },
-                1 << 20,
-            )
-            .unwrap();
+            let e = Event::new(Publication::new(channel.clone(), payload()), 1 << 20).unwrap();
             black_box(e.message(Format::Json).clone());
         })
     });
     g.bench_function("msgpack_once", |b| {
         b.iter(|| {
-            let e = Event::new(
-                Publication {
-                    channel: channel.clone(),
-                    payload: payload(),
-                    received_at: Instant::now(),
-                },
-                1 << 20,
-            )
-            .unwrap();
+            let e = Event::new(Publication::new(channel.clone(), payload()), 1 << 20).unwrap();
             black_box(e.message(Format::MsgPack).clone());
         })
     });

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -75,11 +75,7 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("hub_encode_once", n), &n, |b, _| {
             b.iter(|| {
                 let event = Event::new(
-                    Publication {
-                        channel: room.clone(),
-                        payload: Bytes::from_static(PAYLOAD),
-                        received_at: Instant::now(),
-                    },
+                    Publication::new(room.clone(), Bytes::from_static(PAYLOAD)),
                     1 << 20,
                 )
                 .unwrap();

@@ -15,6 +15,7 @@ use crate::broker::{BrokerState, MemoryBroker, RedisBroker, RedisSettings, Share
 use crate::config::{
     BrokerKind, Config, ConfigError, Deep, LoadOptions, Loaded, LogFormat, Problem,
 };
+use crate::continuity::RetentionRules;
 use crate::hub::{EVENT_ENVELOPE, Hub};
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
@@ -160,15 +161,16 @@ pub fn wire(
     socket_capacity: usize,
 ) -> Result<Arc<Node>, StartError> {
     let metrics = Metrics::new(&registry).map_err(StartError::Metrics)?;
+    let rules = RetentionRules::new(&config.history);
+    let capacity = config.broker.queue_capacity;
     let (broker, inbound): (SharedBroker, _) = match parts.broker {
         BrokerPlan::Memory => {
-            let (broker, inbound) = MemoryBroker::new(config.broker.queue_capacity);
+            let (broker, inbound) = MemoryBroker::with_history(capacity, rules);
             (broker, inbound)
         }
         BrokerPlan::Redis(settings) => {
-            let (broker, inbound) =
-                RedisBroker::start(*settings, config.broker.queue_capacity, metrics.clone())
-                    .map_err(|e| StartError::Broker(e.to_string()))?;
+            let (broker, inbound) = RedisBroker::start(*settings, rules, capacity, metrics.clone())
+                .map_err(|e| StartError::Broker(e.to_string()))?;
             (broker, inbound)
         }
     };
@@ -199,7 +201,13 @@ pub(crate) fn assemble(
         .websocket
         .outbox_max_bytes
         .saturating_sub(EVENT_ENVELOPE);
-    let hub = Arc::new(Hub::new(broker, metrics.clone(), event_limit));
+    let rules = RetentionRules::new(&config.history);
+    let hub = Arc::new(Hub::with_history(
+        broker,
+        metrics.clone(),
+        event_limit,
+        rules,
+    ));
     let lifecycle = Lifecycle::new();
     lifecycle.spawn_background(hub.clone().pump(inbound));
     lifecycle.spawn_background(broker_gauge(broker_state.clone(), metrics.clone()));

@@ -7,6 +7,11 @@
 //! the broker and returns a future of the outcome, so a socket's read path or
 //! an HTTP handler decides itself whether to wait for it.
 //!
+//! History (contract section 6) lives in the broker too: a publication on a
+//! channel with history is stored and numbered atomically with its
+//! delivery, and [`Broker::history`] reads it back for resuming clients and
+//! for the node's own gap repair.
+//!
 //! A broker owns its background tasks; [`Broker::close`] stops them and waits
 //! until they are gone (the lifecycle calls it on shutdown).
 
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::protocol::{Channel, Publication};
+use crate::continuity::HistoryPage;
+use crate::protocol::{Channel, Position, Publication};
 
 mod memory;
 mod redis;
@@ -28,8 +34,19 @@ pub use redis::{RedisBroker, RedisSettings};
 /// A boxed future, so `Broker` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Publications from the broker to the hub, in the order the broker delivered them.
-pub type Inbound = mpsc::Receiver<Publication>;
+/// What the broker hands the hub, in the order it happened.
+#[derive(Debug)]
+pub enum BrokerEvent {
+    /// A publication to deliver.
+    Publication(Publication),
+    /// Publications of these channels may have been missed (their pub/sub
+    /// connection was rebuilt, or its reader fell behind): check their
+    /// positions against history.
+    Check(Vec<Channel>),
+}
+
+/// The queue from the broker to the hub.
+pub type Inbound = mpsc::Receiver<BrokerEvent>;
 
 /// Whether the broker can currently carry publications.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +110,35 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Channels currently subscribed on the bus (for tests and metrics).
     fn subscription_count(&self) -> usize;
+
+    /// Reads `channel`'s history: its position, and the publications after
+    /// `since` (the newest ones without it), at most `limit`, oldest first.
+    /// `Ok(None)`: the channel keeps no history (or the broker cannot keep
+    /// any, e.g. Redis < 7). A channel never published to has offset 0 and
+    /// an epoch already.
+    fn history(
+        &self,
+        channel: &Channel,
+        since: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Option<HistoryPage>, BrokerError>> {
+        // A broker without history (test doubles) says so for every channel.
+        let _ = (channel, since, limit);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Starts a new epoch for `channel` if its history still stands at
+    /// `stale`'s epoch below `stale`'s offset (its top went backwards: a
+    /// master lost acknowledged writes), so that no offset is reused for
+    /// other data within one epoch. Returns the position after.
+    fn new_epoch(
+        &self,
+        channel: &Channel,
+        stale: &Position,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
+        let _ = (channel, stale);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 
     /// Stops the broker's background tasks and waits for them to end.
     fn close(&self) -> BoxFuture<'_, ()>;

@@ -26,11 +26,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[broker]`: where publications travel between nodes.
     pub broker: BrokerConfig,
-    /// `[api]`: the HTTP publish API.
+    /// `[history]`: per-channel history, offsets and resume (contract section 6).
+    pub history: HistoryConfig,
+    /// `[presence]`: who is in a room (contract section 7).
+    pub presence: PresenceConfig,
+    /// `[api]`: the HTTP server API.
     pub api: ApiConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
 }
+
+/// Keys that cannot come from a `GATEWAY_*` variable (tables in a list).
+pub(crate) const FILE_ONLY: [&str; 1] = ["history.rooms"];
 
 /// `[server]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -315,12 +322,99 @@ impl Default for RedisConfig {
     }
 }
 
+/// `[history]`: what each channel keeps so that clients can resume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Publications kept per room channel and for `broadcast`; 0 = no history.
+    pub size: usize,
+    /// How long a room's publications are kept, in seconds.
+    pub ttl_seconds: u64,
+    /// Most events replayed to one resuming subscription; more missed is `recovered: false`.
+    pub max_recover: usize,
+    /// Publications kept per user channel (a per-user mailbox); 0 = none.
+    pub user_size: usize,
+    /// How long a user channel's publications are kept, in seconds.
+    pub user_ttl_seconds: u64,
+    /// How long a channel's offset and epoch outlive its last publication, in
+    /// seconds: a client that missed nothing still resumes after the
+    /// publications themselves expired. Past it the epoch changes.
+    pub meta_ttl_seconds: u64,
+    /// Per-room overrides, first match wins: `[[history.rooms]]`.
+    pub rooms: Vec<RoomHistory>,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl_seconds: 300,
+            max_recover: 1000,
+            user_size: 50,
+            user_ttl_seconds: 600,
+            meta_ttl_seconds: 86_400,
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// `[[history.rooms]]`: retention for rooms matching `pattern`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomHistory {
+    /// An exact room name, or a prefix ending in `*` (the syntax of the `rooms` claim).
+    pub pattern: String,
+    /// Publications kept; absent = `history.size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// Seconds kept; absent = `history.ttl_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// A node that dies without closing its sockets has them removed within
+    /// this many seconds (each node refreshes its entries a third as often).
+    pub ttl_seconds: u64,
+    /// Most user ids a presence reply lists (`truncated: true` beyond).
+    pub max_members: usize,
+    /// Rooms that deliver `join` / `leave` frames: exact names or prefixes ending in `*`.
+    pub events: Vec<String>,
+    /// No `join` / `leave` while a room has more users than this.
+    pub events_max_members: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 30,
+            max_members: 1000,
+            events: Vec::new(),
+            events_max_members: 1000,
+        }
+    }
+}
+
 /// `[api]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
-    /// Bearer keys accepted by `POST /api/publish`; empty = the API is disabled (401).
+    /// Bearer keys accepted by the server API (`/api/*`); empty = the API is disabled (401).
     pub keys: Vec<String>,
+    /// How long a revocation is kept (set it to at least the longest token lifetime you issue).
+    pub revocation_ttl_seconds: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            revocation_ttl_seconds: 86_400,
+        }
+    }
 }
 
 /// `[log]`

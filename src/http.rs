@@ -30,6 +30,8 @@ use crate::lifecycle::Phase;
 use crate::node::Node;
 
 mod admission;
+mod api;
+mod history;
 mod probes;
 mod publish;
 mod upgrade;
@@ -93,17 +95,27 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
         (_, "/ws") => upgrade::handle(node, peer, req),
-        (&Method::POST, "/api/publish") => publish::handle(node, req).await,
+        (&Method::POST, "/api/publish") => api_reply(publish::handle(node, req).await),
+        (&Method::GET, "/api/history") => api_reply(history::handle(node, req).await),
         (_, "/api/publish") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "use POST",
+        ),
+        (_, "/api/history") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
         ),
         (&Method::GET, "/healthz") => probes::healthz(),
         (&Method::GET, "/readyz") => probes::readyz(&node),
         (&Method::GET, "/metrics") => probes::metrics(&node),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     }
+}
+
+fn api_reply(result: Result<HttpResponse, api::ApiError>) -> HttpResponse {
+    result.unwrap_or_else(api::ApiError::response)
 }
 
 /// The credentials of `Authorization: Bearer <credentials>`, the scheme

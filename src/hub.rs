@@ -8,19 +8,30 @@
 //! interest: the first subscriber of a channel subscribes the broker, the last
 //! one out unsubscribes it, serialised per channel by a striped async lock so a
 //! subscribe and an unsubscribe of one channel cannot interleave.
+//!
+//! Each live channel also carries its continuity [`Track`]: the position the
+//! node last delivered. The pump (`hub/pump.rs`) is the one writer of tracks
+//! and the one deliverer of broker events, so gap repair keeps per-channel
+//! order; `hub/join.rs` subscribes a socket and resumes it from history.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Mutex;
+
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
-use crate::broker::{BrokerError, Inbound, SharedBroker};
+use crate::broker::{BrokerError, SharedBroker};
+use crate::continuity::{RetentionRules, Track};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushError};
-use crate::protocol::{Channel, Event, Format};
+use crate::protocol::{Channel, Event, Format, Position, ServerFrame, encode_server_frame};
+
+mod join;
+mod pump;
 
 /// A node-unique connection id.
 pub type ConnId = u64;
@@ -40,6 +51,7 @@ pub struct Subscriber {
 struct ChannelSubs {
     live: bool,
     subs: HashMap<ConnId, Subscriber, FxBuildHasher>,
+    track: Track,
 }
 
 const STRIPES: usize = 1024;
@@ -57,6 +69,10 @@ pub struct Hub {
     /// Largest event (in either encoding) fan-out will queue: one that does
     /// not fit a socket's queue would evict every subscriber with 4008.
     event_limit: usize,
+    /// `broadcast` has no entry in `channels` (it reaches every socket);
+    /// its track lives here.
+    broadcast_track: Mutex<Track>,
+    rules: RetentionRules,
 }
 
 /// Room an event frame's envelope (`type`, `channel`, `offset`) takes
@@ -76,7 +92,24 @@ impl Hub {
     /// An empty hub bridged to `broker`; events above `event_limit` bytes in
     /// either encoding are dropped (and counted) instead of delivered.
     pub fn new(broker: SharedBroker, metrics: Metrics, event_limit: usize) -> Hub {
+        Self::with_history(
+            broker,
+            metrics,
+            event_limit,
+            RetentionRules::new(&crate::config::HistoryConfig::default()),
+        )
+    }
+
+    /// An empty hub resuming channels by `rules` (the broker's own).
+    pub fn with_history(
+        broker: SharedBroker,
+        metrics: Metrics,
+        event_limit: usize,
+        rules: RetentionRules,
+    ) -> Hub {
         Hub {
+            broadcast_track: Mutex::new(Track::default()),
+            rules,
             conns: DashMap::with_hasher(FxBuildHasher),
             channels: DashMap::with_hasher(FxBuildHasher),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -206,17 +239,64 @@ impl Hub {
         outcome
     }
 
+    /// Runs `f` on `channel`'s track; `None` when the channel has no local
+    /// subscriber (its events are dropped anyway).
+    fn with_track<R>(&self, channel: &Channel, f: impl FnOnce(&mut Track) -> R) -> Option<R> {
+        match channel {
+            Channel::Broadcast => Some(f(&mut self
+                .broadcast_track
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()))),
+            channel => self.channels.get_mut(channel).map(|mut e| f(&mut e.track)),
+        }
+    }
+
+    /// The position this node last delivered on `channel`, if it knows one.
+    pub fn position(&self, channel: &Channel) -> Option<Position> {
+        self.with_track(channel, |t| t.position().cloned())
+            .flatten()
+    }
+
     /// Queues `event` to every local subscriber of its channel without
     /// waiting. Returns how many sockets got it.
     pub fn deliver(&self, event: &Event) -> usize {
+        let delivered = self.push_to(event.channel(), |sub| {
+            sub.outbox.push_event(
+                event.channel(),
+                event.message(sub.format).clone(),
+                event.offset(),
+                event.received_at(),
+            )
+        });
+        self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Queues a frame about `channel` (`resync`, `join`, `leave`), encoded
+    /// once per format, to every local subscriber of the channel, in its
+    /// order with the channel's events. Returns how many sockets got it.
+    pub fn deliver_frame(&self, channel: &Channel, frame: &ServerFrame) -> usize {
+        let encoded = std::sync::OnceLock::new();
+        let encoded_msgpack = std::sync::OnceLock::new();
+        let now = std::time::Instant::now();
+        self.push_to(channel, |sub| {
+            let message = match sub.format {
+                Format::Json => encoded.get_or_init(|| encode_server_frame(Format::Json, frame)),
+                Format::MsgPack => {
+                    encoded_msgpack.get_or_init(|| encode_server_frame(Format::MsgPack, frame))
+                }
+            };
+            sub.outbox.push_event(channel, message.clone(), None, now)
+        })
+    }
+
+    fn push_to(
+        &self,
+        channel: &Channel,
+        push: impl Fn(&Subscriber) -> Result<(), PushError>,
+    ) -> usize {
         let mut delivered = 0;
-        let channel = event.channel();
-        let mut push = |sub: &Subscriber| match sub.outbox.push_event(
-            channel,
-            event.message(sub.format).clone(),
-            None,
-            event.received_at(),
-        ) {
+        let mut push = |sub: &Subscriber| match push(sub) {
             Ok(()) => delivered += 1,
             // The outbox marked itself; its session closes with 4008 and counts it.
             Err(PushError::Full) | Err(PushError::Closed) => {}
@@ -229,30 +309,7 @@ impl Hub {
                 }
             }
         }
-        self.metrics.deliveries.inc_by(delivered as u64);
         delivered
-    }
-
-    /// Feeds the broker's inbound publications into fan-out, in order, until
-    /// the broker closes its queue.
-    pub async fn pump(self: Arc<Self>, mut inbound: Inbound) {
-        let broker_source = self.metrics.publications_in.with_label_values(&["broker"]);
-        let too_large = self
-            .metrics
-            .events_dropped
-            .with_label_values(&["too_large"]);
-        while let Some(publication) = inbound.recv().await {
-            broker_source.inc();
-            match Event::new(publication, self.event_limit) {
-                Ok(event) => {
-                    self.deliver(&event);
-                }
-                Err(e) => {
-                    too_large.inc();
-                    tracing::warn!(error = %e, "event dropped: too large for a socket's queue");
-                }
-            }
-        }
     }
 
     /// Every open socket's outbox (a snapshot, for drain).
@@ -303,7 +360,6 @@ mod tests {
     use crate::protocol::{Publication, RoomName};
     use bytes::Bytes;
     use std::collections::VecDeque;
-    use std::time::Instant;
 
     fn hub() -> (Arc<Hub>, Arc<MemoryBroker>) {
         let (broker, _rx) = MemoryBroker::new(16);
@@ -324,11 +380,7 @@ mod tests {
 
     fn event(channel: Channel) -> Event {
         Event::new(
-            Publication {
-                channel,
-                payload: Bytes::from_static(b"{}"),
-                received_at: Instant::now(),
-            },
+            Publication::new(channel, Bytes::from_static(b"{}")),
             1 << 20,
         )
         .unwrap()

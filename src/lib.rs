@@ -19,6 +19,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod continuity;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

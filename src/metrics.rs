@@ -33,7 +33,13 @@ pub const VIOLATIONS: [&str; 8] = [
 ];
 
 /// Reasons of `gateway_events_dropped_total`.
-pub const DROP_REASONS: [&str; 1] = ["too_large"];
+pub const DROP_REASONS: [&str; 3] = ["too_large", "duplicate", "held_full"];
+
+/// Outcomes of `gateway_history_recoveries_total`.
+pub const RECOVERY_OUTCOMES: [&str; 2] = ["recovered", "not_recovered"];
+
+/// Outcomes of `gateway_history_gaps_total`.
+pub const GAP_OUTCOMES: [&str; 2] = ["repaired", "resync"];
 
 /// Kinds of `gateway_http_errors_total`: requests hyper ended before a route.
 pub const HTTP_ERRORS: [&str; 4] = ["head_too_large", "head_timeout", "malformed", "other"];
@@ -93,6 +99,18 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     /// HTTP connections ended by a malformed or oversized request, by kind.
     pub http_errors: IntCounterVec,
+    /// Publications stored in history by this node's publishes.
+    pub history_appends: IntCounter,
+    /// Resumes asked for by clients (`since`, `user_offset`), by outcome.
+    pub recoveries: IntCounterVec,
+    /// Gaps this node found in a channel's stream, by how they ended.
+    pub history_gaps: IntCounterVec,
+    /// Events this node delivered from history to fill its own gaps.
+    pub events_repaired: IntCounter,
+    /// `resync` frames queued to sockets.
+    pub resyncs_sent: IntCounter,
+    /// Time of one history read from the broker.
+    pub history_read_latency: Histogram,
     /// 1 while draining.
     pub draining: IntGauge,
     /// 1 while ready for new sockets.
@@ -257,6 +275,37 @@ impl Metrics {
                 "HTTP connections ended by a malformed, slow or oversized request head, by kind",
                 "kind",
                 &HTTP_ERRORS,
+            )?,
+            history_appends: counter(
+                "gateway_history_appends_total",
+                "Publications stored in history through this node (HTTP API and client publishes)",
+            )?,
+            recoveries: counter_vec(
+                "gateway_history_recoveries_total",
+                "Resumes asked for by clients (subscribe since, user_offset at connect), by outcome",
+                "outcome",
+                &RECOVERY_OUTCOMES,
+            )?,
+            history_gaps: counter_vec(
+                "gateway_history_gaps_total",
+                "Gaps this node found in a channel's offsets (reconnects, failovers, lagging readers), by outcome: repaired from history, or resync sent",
+                "outcome",
+                &GAP_OUTCOMES,
+            )?,
+            events_repaired: counter(
+                "gateway_history_repaired_total",
+                "Events this node delivered from history to fill its own gaps",
+            )?,
+            resyncs_sent: counter(
+                "gateway_resyncs_sent_total",
+                "resync frames queued to sockets (continuity lost for a channel)",
+            )?,
+            history_read_latency: histogram(
+                "gateway_history_read_seconds",
+                "Time of one history read from the broker (resumes and gap repair)",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
             )?,
             draining: gauge("gateway_draining", "1 while the node is draining")?,
             ready: gauge("gateway_ready", "1 while the node accepts new sockets")?,

@@ -12,12 +12,14 @@ mod codec;
 mod end;
 mod event;
 pub mod payload;
+mod position;
 mod refusal;
 
 pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
 pub use end::{End, EndedBy};
 pub use event::{Event, Publication};
 pub use payload::{PayloadError, inspect};
+pub use position::{Epoch, MAX_EPOCH_LEN, Position, Since};
 pub use refusal::Refusal;
 
 /// Longest room name the contract allows.
@@ -93,12 +95,14 @@ pub type RequestId = serde_json::Value;
 /// A decoded, shape-checked client frame (names not yet validated).
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame {
-    /// Join a room.
+    /// Join a room, resuming from `since` when given.
     Subscribe {
         /// Requested room, validated by the session.
         room: String,
         /// Echoed in the reply.
         id: Option<RequestId>,
+        /// The last position the client saw of this room.
+        since: Option<Since>,
     },
     /// Leave a room.
     Unsubscribe {
@@ -125,6 +129,13 @@ pub enum ClientFrame {
     },
     /// Application-level ping; answered with `pong`.
     Ping {
+        /// Echoed in the reply.
+        id: Option<RequestId>,
+    },
+    /// Who is in a room (contract section 7).
+    Presence {
+        /// The room.
+        room: String,
         /// Echoed in the reply.
         id: Option<RequestId>,
     },
@@ -187,6 +198,29 @@ impl ErrorCode {
     ];
 }
 
+/// A channel's position as a reply reports it, with whether a resume
+/// succeeded (`None`: no resume was asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// The channel's position; `None` for a channel without history.
+    pub position: Option<Position>,
+    /// Whether every missed event follows (only when the client asked).
+    pub recovered: Option<bool>,
+}
+
+/// Who is in a room, across every node (contract section 7).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PresenceInfo {
+    /// Distinct users.
+    pub users: u64,
+    /// Sockets.
+    pub clients: u64,
+    /// At most `presence.max_members` user ids.
+    pub members: Vec<String>,
+    /// More users than `members` lists.
+    pub truncated: bool,
+}
+
 /// Server -> client frames other than events (those are encoded once, see [`Event`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerFrame {
@@ -200,11 +234,36 @@ pub enum ServerFrame {
         node: Arc<str>,
         /// Server ping interval in seconds.
         heartbeat: u64,
+        /// The user channel's position (and resume outcome).
+        user_channel: Resumed,
+        /// `broadcast`'s position (and resume outcome).
+        broadcast: Resumed,
     },
     /// Success reply.
     Ok {
         /// The request's id.
         id: Option<RequestId>,
+    },
+    /// A subscribe's reply: the room's position and the resume outcome.
+    Subscribed {
+        /// The request's id.
+        id: Option<RequestId>,
+        /// Position and outcome.
+        resumed: Resumed,
+    },
+    /// A publish's reply: the offset history gave it.
+    Published {
+        /// The request's id.
+        id: Option<RequestId>,
+        /// `None` for a room without history.
+        offset: Option<u64>,
+    },
+    /// A presence query's reply.
+    Presence {
+        /// The request's id.
+        id: Option<RequestId>,
+        /// Who is there.
+        presence: PresenceInfo,
     },
     /// Failure reply (`id` absent: about the connection).
     Error {
@@ -219,6 +278,34 @@ pub enum ServerFrame {
     Pong {
         /// The request's id.
         id: Option<RequestId>,
+    },
+    /// Continuity of `channel` was lost up to `offset`; what follows is in order.
+    Resync {
+        /// The channel.
+        channel: Channel,
+        /// Events up to here are lost for this socket.
+        offset: u64,
+        /// The epoch `offset` belongs to.
+        epoch: Epoch,
+    },
+    /// A user's first socket joined a room (cluster-wide).
+    Join {
+        /// `room:<R>`.
+        channel: Channel,
+        /// The user.
+        user: Arc<str>,
+    },
+    /// A user's last socket left a room (cluster-wide).
+    Leave {
+        /// `room:<R>`.
+        channel: Channel,
+        /// The user.
+        user: Arc<str>,
+    },
+    /// Over SSE only: the stream is about to end (drain).
+    Close {
+        /// The close code a WebSocket would have carried.
+        code: u16,
     },
 }
 

@@ -37,7 +37,7 @@ use crate::hub::{ConnId, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName};
+use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName, Since};
 
 mod commands;
 #[cfg(test)]
@@ -64,6 +64,18 @@ pub struct Admitted {
     pub format: Format,
     /// The socket's places in the node's counts, released when it ends.
     pub permit: ConnPermit,
+    /// Where the user channel and `broadcast` resume from.
+    pub resume_at: ResumeAt,
+}
+
+/// Positions a connecting client resumes its user channel and `broadcast`
+/// from (`user_offset`/`user_epoch`, `broadcast_offset`/`broadcast_epoch`).
+#[derive(Debug, Clone, Default)]
+pub struct ResumeAt {
+    /// The user channel's last position seen.
+    pub user: Option<Since>,
+    /// `broadcast`'s last position seen.
+    pub broadcast: Option<Since>,
 }
 
 /// Runs one socket until it closes, then removes it from every table.
@@ -75,6 +87,7 @@ where
         identity,
         format,
         permit,
+        resume_at,
     } = admitted;
     let cfg = &node.config;
     let outbox = Arc::new(Outbox::new(
@@ -115,6 +128,7 @@ where
         last_seen: Instant::now(),
         batch: VecDeque::new(),
         pending: None,
+        resume_at: Some(Box::new(resume_at)),
     };
     let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
         Ok(end) => end,
@@ -164,6 +178,8 @@ struct Session<S> {
     last_seen: Instant,
     batch: VecDeque<Outgoing>,
     pending: Option<Pending>,
+    /// Taken by the join at connect (boxed: idle sockets carry a pointer).
+    resume_at: Option<Box<ResumeAt>>,
 }
 
 /// What to do after handling one thing.

@@ -1,8 +1,9 @@
 //! The embedded broker: a single node's in-process bus, the default.
 //!
 //! It behaves like the Redis bridge where it matters to the rest of the node:
-//! publishes travel through it (one bounded queue, one order), and only
-//! channels with local interest (plus broadcast) are delivered.
+//! publishes travel through it (one bounded queue, one order), only channels
+//! with local interest (plus broadcast) are delivered, and channels with
+//! history get offsets and a bounded log (`memory/history.rs`).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound, Published};
-use crate::protocol::{Channel, Publication};
+use super::{BoxFuture, Broker, BrokerError, BrokerEvent, BrokerState, Inbound, Published};
+use crate::continuity::{HistoryPage, RetentionRules};
+use crate::protocol::{Channel, Position, Publication};
+
+mod history;
+
+use history::History;
 
 /// In-process broker.
 #[derive(Debug)]
@@ -20,13 +26,30 @@ pub struct MemoryBroker {
     // Touched on first-subscriber / last-subscriber transitions and publishes
     // only; a short std mutex is cheaper than a concurrent set here.
     subscribed: Mutex<HashSet<Channel>>,
-    tx: mpsc::Sender<Publication>,
+    tx: mpsc::Sender<BrokerEvent>,
     state: watch::Sender<BrokerState>,
+    history: Option<History>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("History")
+    }
 }
 
 impl MemoryBroker {
-    /// A broker whose inbound queue holds `capacity` publications.
+    /// A broker without history whose inbound queue holds `capacity`
+    /// publications.
     pub fn new(capacity: usize) -> (Arc<MemoryBroker>, Inbound) {
+        Self::build(capacity, None)
+    }
+
+    /// A broker keeping history by `rules`.
+    pub fn with_history(capacity: usize, rules: RetentionRules) -> (Arc<MemoryBroker>, Inbound) {
+        Self::build(capacity, Some(History::new(rules)))
+    }
+
+    fn build(capacity: usize, history: Option<History>) -> (Arc<MemoryBroker>, Inbound) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (state, _) = watch::channel(BrokerState::Up);
         (
@@ -34,6 +57,7 @@ impl MemoryBroker {
                 subscribed: Mutex::new(HashSet::new()),
                 tx,
                 state,
+                history,
             }),
             rx,
         )
@@ -45,21 +69,39 @@ impl MemoryBroker {
 
     fn enqueue(&self, channel: Channel, payload: Bytes) -> Result<Published, BrokerError> {
         let interested = channel == Channel::Broadcast || self.subscribed().contains(&channel);
-        if !interested {
-            return Ok(Published::default());
-        }
-        let publication = Publication {
-            channel,
-            payload,
-            received_at: Instant::now(),
+        let send = |offset: Option<u64>, epoch: Bytes| -> Result<Published, BrokerError> {
+            if !interested {
+                return Ok(Published { offset });
+            }
+            let publication = Publication {
+                channel: channel.clone(),
+                payload: payload.clone(),
+                received_at: Instant::now(),
+                offset,
+                epoch,
+            };
+            self.tx
+                .try_send(BrokerEvent::Publication(publication))
+                .map(|()| Published { offset })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
+                    mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
+                })
         };
-        self.tx
-            .try_send(publication)
-            .map(|()| Published::default())
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
-            })
+        match &self.history {
+            // Numbered and handed on under the channel's lock, so offsets
+            // reach the hub in order. A publication the queue refused is
+            // still in history: a resuming client gets it.
+            Some(history) => history
+                .append(&channel, &payload, |offset, epoch| {
+                    send(
+                        Some(offset),
+                        Bytes::copy_from_slice(epoch.as_str().as_bytes()),
+                    )
+                })
+                .unwrap_or_else(|| send(None, Bytes::new())),
+            None => send(None, Bytes::new()),
+        }
     }
 }
 
@@ -89,6 +131,31 @@ impl Broker for MemoryBroker {
 
     fn subscription_count(&self) -> usize {
         self.subscribed().len()
+    }
+
+    fn history(
+        &self,
+        channel: &Channel,
+        since: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Option<HistoryPage>, BrokerError>> {
+        let page = self
+            .history
+            .as_ref()
+            .and_then(|h| h.read(channel, since, limit));
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
+    fn new_epoch(
+        &self,
+        channel: &Channel,
+        stale: &Position,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
+        let position = self
+            .history
+            .as_ref()
+            .and_then(|h| h.new_epoch(channel, stale));
+        Box::pin(std::future::ready(Ok(position)))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -122,14 +189,18 @@ mod tests {
             .publish(Channel::Broadcast, Bytes::from_static(b"b"))
             .await
             .unwrap();
+        let mut next = async || match rx.recv().await.unwrap() {
+            BrokerEvent::Publication(p) => p,
+            other => panic!("{other:?}"),
+        };
         for i in 0..3 {
-            let p = rx.recv().await.unwrap();
+            let p = next().await;
             assert_eq!(
                 (p.channel.clone(), p.payload),
                 (lobby.clone(), Bytes::from(i.to_string()))
             );
         }
-        assert_eq!(rx.recv().await.unwrap().channel, Channel::Broadcast);
+        assert_eq!(next().await.channel, Channel::Broadcast);
         broker.unsubscribe(&lobby).await.unwrap();
         assert_eq!(broker.subscription_count(), 0);
     }

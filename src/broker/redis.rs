@@ -40,12 +40,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound, Published};
+use crate::continuity::{HistoryPage, RetentionRules};
 use crate::metrics::Metrics;
-use crate::protocol::Channel;
+use crate::protocol::{Channel, Position};
 
 mod client;
 mod connection;
 mod fleet;
+mod functions;
+mod history;
 mod names;
 mod probe;
 mod publisher;
@@ -67,6 +70,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 pub struct RedisBroker {
     shared: Arc<Shared>,
     publish: mpsc::Sender<publisher::Outgoing>,
+    /// The publisher's cluster-aware client, also used for history reads.
+    client: fred::clients::Client,
     state: watch::Receiver<BrokerState>,
     broadcast: Str,
     cancel: CancellationToken,
@@ -78,6 +83,7 @@ impl RedisBroker {
     /// (`queue_capacity` deep).
     pub fn start(
         settings: RedisSettings,
+        rules: RetentionRules,
         queue_capacity: usize,
         metrics: Metrics,
     ) -> Result<(Arc<RedisBroker>, Inbound), fred::error::Error> {
@@ -90,8 +96,10 @@ impl RedisBroker {
             names.clone(),
             metrics.clone(),
             broadcast.clone(),
+            rules,
         ));
-        let publish = publisher::spawn(&shared, cancel.clone())?;
+        let client = client::publisher(&settings)?;
+        let publish = publisher::spawn(&shared, client.clone(), cancel.clone());
         let (inbound_tx, inbound) = mpsc::channel(queue_capacity.max(1));
         let state = shared.state();
         reconciler::spawn(shared.clone(), inbound_tx, cancel.clone());
@@ -99,6 +107,7 @@ impl RedisBroker {
             Arc::new(RedisBroker {
                 shared,
                 publish,
+                client,
                 state,
                 broadcast,
                 cancel,
@@ -157,15 +166,67 @@ impl Broker for RedisBroker {
         channel: Channel,
         payload: Bytes,
     ) -> BoxFuture<'static, Result<Published, BrokerError>> {
+        let (reply, stored) = match self.shared.keeps_history(&channel) {
+            true => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let queued = self
             .publish
-            .try_send((channel, payload))
-            .map(|()| Published::default())
+            .try_send(publisher::Outgoing {
+                channel,
+                payload,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => BrokerError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => BrokerError::Unavailable,
             });
-        Box::pin(std::future::ready(queued))
+        match (queued, stored) {
+            (Err(e), _) => Box::pin(std::future::ready(Err(e))),
+            (Ok(()), None) => Box::pin(std::future::ready(Ok(Published::default()))),
+            // With history, the caller learns the offset once Redis stored it.
+            (Ok(()), Some(rx)) => {
+                Box::pin(async move { rx.await.unwrap_or(Err(BrokerError::Unavailable)) })
+            }
+        }
+    }
+
+    fn history(
+        &self,
+        channel: &Channel,
+        since: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Option<HistoryPage>, BrokerError>> {
+        if !self.shared.keeps_history(channel) {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        Box::pin(history::read(
+            self.client.clone(),
+            self.shared.names.channel(channel),
+            since,
+            limit,
+            self.shared.settings.command_timeout,
+            self.shared.metrics.clone(),
+        ))
+    }
+
+    fn new_epoch(
+        &self,
+        channel: &Channel,
+        stale: &Position,
+    ) -> BoxFuture<'static, Result<Option<Position>, BrokerError>> {
+        if !self.shared.keeps_history(channel) {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        Box::pin(history::new_epoch(
+            self.client.clone(),
+            self.shared.names.channel(channel),
+            stale.clone(),
+            self.shared.settings.command_timeout,
+        ))
     }
 
     fn state(&self) -> watch::Receiver<BrokerState> {

@@ -21,6 +21,8 @@ pub(super) struct EnvKey {
 }
 
 /// Every leaf of `schema` (nested tables included) with its variable name.
+/// Keys in [`crate::config::FILE_ONLY`] are listed too, so that setting one
+/// is reported rather than taken for a typo.
 pub(super) fn keys(schema: &Table) -> Vec<EnvKey> {
     let mut out = Vec::new();
     walk(schema, &mut Vec::new(), &mut out);

@@ -349,6 +349,14 @@ fn overlay_env(
             ));
             continue;
         };
+        let dotted = key.path.join(".");
+        if super::FILE_ONLY.contains(&dotted.as_str()) {
+            problems.push(Problem::new(
+                dotted,
+                format!("{name}: this key is a list of tables; set it in the config file"),
+            ));
+            continue;
+        }
         match env::parse(raw, &key.default) {
             Ok(value) => {
                 layers.insert(key.path.clone(), (value, Origin::Env(name.clone())));
@@ -533,7 +541,94 @@ fn validate(c: &Config) -> Vec<Problem> {
         bad("broker.queue_capacity", "must be at least 1".to_owned());
     }
 
+    // [history]
+    let h = &c.history;
+    if h.size > 100_000 || h.user_size > 100_000 {
+        let key = if h.size > 100_000 {
+            "history.size"
+        } else {
+            "history.user_size"
+        };
+        bad(key, "must be at most 100000".to_owned());
+    }
+    for (key, size, ttl) in [
+        ("history.ttl_seconds", h.size, h.ttl_seconds),
+        ("history.user_ttl_seconds", h.user_size, h.user_ttl_seconds),
+    ] {
+        if size > 0 && ttl == 0 {
+            bad(key, "must be at least 1 while history is kept".to_owned());
+        }
+        if ttl > h.meta_ttl_seconds {
+            bad(
+                key,
+                format!(
+                    "must be at most history.meta_ttl_seconds ({}): offsets must outlive the publications",
+                    h.meta_ttl_seconds
+                ),
+            );
+        }
+    }
+    if h.max_recover > 100_000 {
+        bad("history.max_recover", "must be at most 100000".to_owned());
+    }
+    for (i, room) in h.rooms.iter().enumerate() {
+        if !is_room_pattern(&room.pattern) {
+            bad(
+                "history.rooms",
+                format!(
+                    "entry {}: pattern {:?} must be a room name or a prefix ending in `*`",
+                    i + 1,
+                    room.pattern
+                ),
+            );
+        }
+        if room.size.is_some_and(|s| s > 100_000) {
+            bad(
+                "history.rooms",
+                format!("entry {}: size must be at most 100000", i + 1),
+            );
+        }
+        if let Some(ttl) = room.ttl_seconds
+            && (ttl == 0 || ttl > h.meta_ttl_seconds)
+        {
+            bad(
+                "history.rooms",
+                format!(
+                    "entry {}: ttl_seconds must be between 1 and history.meta_ttl_seconds ({})",
+                    i + 1,
+                    h.meta_ttl_seconds
+                ),
+            );
+        }
+    }
+
+    // [presence]
+    let pr = &c.presence;
+    if pr.ttl_seconds < 3 {
+        bad(
+            "presence.ttl_seconds",
+            "must be at least 3 (nodes refresh every third of it)".to_owned(),
+        );
+    }
+    if pr.max_members > 100_000 {
+        bad("presence.max_members", "must be at most 100000".to_owned());
+    }
+    for pattern in &pr.events {
+        if !is_room_pattern(pattern) {
+            bad(
+                "presence.events",
+                format!("{pattern:?} must be a room name or a prefix ending in `*`"),
+            );
+        }
+    }
+
     // [api]
+    if c.api.revocation_ttl_seconds == 0 {
+        bad(
+            "api.revocation_ttl_seconds",
+            "must be at least 1".to_owned(),
+        );
+    }
     if c.api.keys.iter().any(String::is_empty) {
         bad("api.keys", "entries must not be empty".to_owned());
     }
@@ -547,6 +642,13 @@ fn validate(c: &Config) -> Vec<Problem> {
     }
 
     p
+}
+
+/// A room name, or a prefix of room-name characters followed by `*` (`*`
+/// alone matches every room): the syntax of the token's `rooms` claim.
+fn is_room_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    (pattern.ends_with('*') && name.is_empty()) || crate::protocol::RoomName::parse(name).is_some()
 }
 
 fn in_range(bad: &mut impl FnMut(&str, String), key: &str, value: usize, min: usize, max: usize) {

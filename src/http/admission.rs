@@ -13,7 +13,8 @@ use super::{HttpResponse, bearer, error};
 use crate::auth::{AuthError, Identity};
 use crate::limits::ConnPermit;
 use crate::node::{Node, NotReady};
-use crate::protocol::Refusal;
+use crate::protocol::{Refusal, Since};
+use crate::session::ResumeAt;
 
 /// The refusal as an HTTP response, counted by its code.
 pub(super) fn refuse(node: &Node, refusal: Refusal) -> HttpResponse {
@@ -96,6 +97,31 @@ fn token<'a>(headers: &'a HeaderMap, uri: &'a Uri, allow_query: bool) -> Option<
         return None;
     }
     query_param(uri, "token")
+}
+
+/// `user_offset`/`user_epoch` and `broadcast_offset`/`broadcast_epoch`:
+/// both of a pair or neither, an unsigned offset, an epoch of at most 64
+/// bytes; anything else is 400 before the upgrade.
+pub(super) fn resume_at(uri: &Uri) -> Result<ResumeAt, Refusal> {
+    let pair = |offset: &str, epoch: &str| -> Result<Option<Since>, Refusal> {
+        match (query_param(uri, offset), query_param(uri, epoch)) {
+            (None, None) => Ok(None),
+            (Some(o), Some(e)) => Since::from_query(o, e)
+                .map(Some)
+                .map_err(|_| {
+                    Refusal::BadRequest(
+                        "resume positions: *_offset must be an unsigned integer and *_epoch at most 64 bytes",
+                    )
+                }),
+            _ => Err(Refusal::BadRequest(
+                "resume positions come in pairs: user_offset with user_epoch, broadcast_offset with broadcast_epoch",
+            )),
+        }
+    };
+    Ok(ResumeAt {
+        user: pair("user_offset", "user_epoch")?,
+        broadcast: pair("broadcast_offset", "broadcast_epoch")?,
+    })
 }
 
 /// The first value of `name` in the query string (not percent-decoded: the

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::HttpResponse;
-use super::admission::{authenticate, precheck, refuse};
+use super::admission::{authenticate, precheck, refuse, resume_at};
 use crate::config::Config;
 use crate::node::Node;
 use crate::protocol::{Format, Refusal};
@@ -108,12 +108,14 @@ fn admit(
             Refusal::BadRequest("offered subprotocols must include v1.json or v1.msgpack")
         })?
         .unwrap_or(Format::Json);
+    let resume_at = resume_at(req.uri())?;
     let (identity, permit) = authenticate(node, peer, headers, req.uri())?;
     Ok((
         Admitted {
             identity,
             format,
             permit,
+            resume_at,
         },
         key,
     ))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{ClientFrame, RequestId, ServerFrame};
+use super::{ClientFrame, Position, PresenceInfo, RequestId, ServerFrame, Since};
 
 /// The socket's wire format, chosen by subprotocol at upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +68,17 @@ struct WireIn<D> {
     #[serde(default)]
     token: Option<String>,
     data: Option<D>,
+    since: Option<D>,
+}
+
+/// The fields `into_frame` needs, however they were encoded.
+struct Fields {
+    kind: Option<String>,
+    id: Option<RequestId>,
+    room: Option<String>,
+    token: Option<String>,
+    data: Option<Bytes>,
+    since: Option<Result<Since, String>>,
 }
 
 /// Decodes one inbound WebSocket message. `binary` selects MessagePack.
@@ -82,7 +93,14 @@ pub fn decode_client_frame(payload: &[u8], binary: bool) -> Result<ClientFrame, 
             .data
             .as_ref()
             .map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
-        into_frame(wire.kind, wire.id, wire.room, wire.token, data)
+        into_frame(Fields {
+            since: wire.since.as_ref().map(Since::from_value),
+            kind: wire.kind,
+            id: wire.id,
+            room: wire.room,
+            token: wire.token,
+            data,
+        })
     } else {
         let text = std::str::from_utf8(payload).map_err(|_| DecodeError {
             message: "frame is not UTF-8".into(),
@@ -95,17 +113,31 @@ pub fn decode_client_frame(payload: &[u8], binary: bool) -> Result<ClientFrame, 
         let data = wire
             .data
             .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()));
-        into_frame(wire.kind, wire.id, wire.room, wire.token, data)
+        let since = wire.since.map(|raw| {
+            serde_json::from_str::<serde_json::Value>(raw.get())
+                .map_err(|e| format!("malformed `since`: {e}"))
+                .and_then(|v| Since::from_value(&v))
+        });
+        into_frame(Fields {
+            since,
+            kind: wire.kind,
+            id: wire.id,
+            room: wire.room,
+            token: wire.token,
+            data,
+        })
     }
 }
 
-fn into_frame(
-    kind: Option<String>,
-    id: Option<RequestId>,
-    room: Option<String>,
-    token: Option<String>,
-    data: Option<Bytes>,
-) -> Result<ClientFrame, DecodeError> {
+fn into_frame(f: Fields) -> Result<ClientFrame, DecodeError> {
+    let Fields {
+        kind,
+        id,
+        room,
+        token,
+        data,
+        since,
+    } = f;
     let missing = |field: &str, id: Option<RequestId>| DecodeError {
         message: format!("missing field `{field}`"),
         id,
@@ -114,9 +146,10 @@ fn into_frame(
         return Err(missing("type", id));
     };
     match kind.as_str() {
-        "subscribe" => match room {
-            Some(room) => Ok(ClientFrame::Subscribe { room, id }),
-            None => Err(missing("room", id)),
+        "subscribe" => match (room, since.transpose()) {
+            (Some(room), Ok(since)) => Ok(ClientFrame::Subscribe { room, id, since }),
+            (None, _) => Err(missing("room", id)),
+            (_, Err(message)) => Err(DecodeError { message, id }),
         },
         "unsubscribe" => match room {
             Some(room) => Ok(ClientFrame::Unsubscribe { room, id }),
@@ -132,6 +165,10 @@ fn into_frame(
             None => Err(missing("token", id)),
         },
         "ping" => Ok(ClientFrame::Ping { id }),
+        "presence" => match room {
+            Some(room) => Ok(ClientFrame::Presence { room, id }),
+            None => Err(missing("room", id)),
+        },
         other => Err(DecodeError {
             message: format!(
                 "unknown frame type `{}`",
@@ -139,6 +176,41 @@ fn into_frame(
             ),
             id,
         }),
+    }
+}
+
+/// A position on the wire: `{"offset":12,"epoch":"x1"}`.
+#[derive(Serialize)]
+struct WirePosition<'a> {
+    offset: u64,
+    epoch: &'a str,
+}
+
+impl<'a> From<&'a Position> for WirePosition<'a> {
+    fn from(p: &'a Position) -> Self {
+        WirePosition {
+            offset: p.offset,
+            epoch: p.epoch.as_str(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WirePresence<'a> {
+    users: u64,
+    clients: u64,
+    members: &'a [String],
+    truncated: bool,
+}
+
+impl<'a> From<&'a PresenceInfo> for WirePresence<'a> {
+    fn from(p: &'a PresenceInfo) -> Self {
+        WirePresence {
+            users: p.users,
+            clients: p.clients,
+            members: &p.members,
+            truncated: p.truncated,
+        }
     }
 }
 
@@ -150,11 +222,16 @@ enum WireOut<'a> {
         user: &'a str,
         node: &'a str,
         heartbeat: u64,
-    },
-    Ok {
         #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RequestId>,
+        position: Option<WirePosition<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        broadcast_position: Option<WirePosition<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        broadcast_recovered: Option<bool>,
     },
+    Ok(WireOk<'a>),
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
@@ -165,6 +242,37 @@ enum WireOut<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
+    Resync {
+        channel: String,
+        offset: u64,
+        epoch: &'a str,
+    },
+    Join {
+        channel: String,
+        user: &'a str,
+    },
+    Leave {
+        channel: String,
+        user: &'a str,
+    },
+    Close {
+        code: u16,
+    },
+}
+
+/// Every `ok` reply's fields; each kind of reply fills its own.
+#[derive(Serialize, Default)]
+struct WireOk<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence: Option<WirePresence<'a>>,
 }
 
 /// Encodes a reply frame for one socket (replies are per socket, so there is
@@ -176,19 +284,63 @@ pub fn encode_server_frame(format: Format, frame: &ServerFrame) -> Message {
             user,
             node,
             heartbeat,
+            user_channel,
+            broadcast,
         } => WireOut::Welcome {
             conn,
             user,
             node,
             heartbeat: *heartbeat,
+            position: user_channel.position.as_ref().map(Into::into),
+            recovered: user_channel.recovered,
+            broadcast_position: broadcast.position.as_ref().map(Into::into),
+            broadcast_recovered: broadcast.recovered,
         },
-        ServerFrame::Ok { id } => WireOut::Ok { id: id.as_ref() },
+        ServerFrame::Ok { id } => WireOut::Ok(WireOk {
+            id: id.as_ref(),
+            ..WireOk::default()
+        }),
+        ServerFrame::Subscribed { id, resumed } => WireOut::Ok(WireOk {
+            id: id.as_ref(),
+            offset: resumed.position.as_ref().map(|p| p.offset),
+            epoch: resumed.position.as_ref().map(|p| p.epoch.as_str()),
+            recovered: resumed.recovered,
+            presence: None,
+        }),
+        ServerFrame::Published { id, offset } => WireOut::Ok(WireOk {
+            id: id.as_ref(),
+            offset: *offset,
+            ..WireOk::default()
+        }),
+        ServerFrame::Presence { id, presence } => WireOut::Ok(WireOk {
+            id: id.as_ref(),
+            presence: Some(presence.into()),
+            ..WireOk::default()
+        }),
         ServerFrame::Error { id, code, message } => WireOut::Error {
             id: id.as_ref(),
             code: code.code(),
             message,
         },
         ServerFrame::Pong { id } => WireOut::Pong { id: id.as_ref() },
+        ServerFrame::Resync {
+            channel,
+            offset,
+            epoch,
+        } => WireOut::Resync {
+            channel: channel.to_string(),
+            offset: *offset,
+            epoch: epoch.as_str(),
+        },
+        ServerFrame::Join { channel, user } => WireOut::Join {
+            channel: channel.to_string(),
+            user,
+        },
+        ServerFrame::Leave { channel, user } => WireOut::Leave {
+            channel: channel.to_string(),
+            user,
+        },
+        ServerFrame::Close { code } => WireOut::Close { code: *code },
     };
     match format {
         // Serializing these plain structs cannot fail.
@@ -200,7 +352,7 @@ pub fn encode_server_frame(format: Format, frame: &ServerFrame) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ErrorCode;
+    use crate::protocol::{ErrorCode, Resumed};
 
     #[test]
     fn decodes_every_client_frame_type_from_json() {
@@ -209,7 +361,8 @@ mod tests {
             f(r#"{"type":"subscribe","room":"lobby","id":1}"#).unwrap(),
             ClientFrame::Subscribe {
                 room: "lobby".into(),
-                id: Some(1.into())
+                id: Some(1.into()),
+                since: None
             }
         );
         assert_eq!(
@@ -238,6 +391,39 @@ mod tests {
             f(r#"{"type":"ping","id":5}"#).unwrap(),
             ClientFrame::Ping { id: Some(5.into()) }
         );
+    }
+
+    #[test]
+    fn subscribe_since_is_parsed_and_bad_values_keep_the_id() {
+        let f = |s: &str| decode_client_frame(s.as_bytes(), false);
+        assert_eq!(
+            f(r#"{"type":"subscribe","room":"lobby","id":1,"since":{"offset":41,"epoch":"k3Jd"}}"#)
+                .unwrap(),
+            ClientFrame::Subscribe {
+                room: "lobby".into(),
+                id: Some(1.into()),
+                since: Some(Since {
+                    offset: 41,
+                    epoch: "k3Jd".into()
+                })
+            }
+        );
+        for bad in [
+            r#"{"type":"subscribe","room":"lobby","id":2,"since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"type":"subscribe","room":"lobby","id":2,"since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"type":"subscribe","room":"lobby","id":2,"since":{"offset":"1","epoch":"e"}}"#,
+            r#"{"type":"subscribe","room":"lobby","id":2,"since":{"offset":99999999999999999999,"epoch":"e"}}"#,
+            r#"{"type":"subscribe","room":"lobby","id":2,"since":7}"#,
+        ] {
+            let e = f(bad).unwrap_err();
+            assert_eq!(e.id, Some(2.into()), "{bad}");
+            assert!(e.message.contains("since"), "{bad}: {}", e.message);
+        }
+        let long = format!(
+            r#"{{"type":"subscribe","room":"lobby","id":3,"since":{{"offset":1,"epoch":"{}"}}}}"#,
+            "e".repeat(10_000)
+        );
+        assert!(f(&long).unwrap_err().message.contains("longer than 64"));
     }
 
     #[test]
@@ -306,9 +492,75 @@ mod tests {
                 conn: "c1".into(),
                 user: "alice".into(),
                 node: "n1".into(),
-                heartbeat: 25
+                heartbeat: 25,
+                user_channel: Resumed {
+                    position: None,
+                    recovered: None
+                },
+                broadcast: Resumed {
+                    position: None,
+                    recovered: None
+                },
             }),
             r#"{"type":"welcome","conn":"c1","user":"alice","node":"n1","heartbeat":25}"#
+        );
+        let pos = |offset, epoch: &str| Position {
+            offset,
+            epoch: crate::protocol::Epoch::new(epoch),
+        };
+        assert_eq!(
+            text(&ServerFrame::Welcome {
+                conn: "c1".into(),
+                user: "alice".into(),
+                node: "n1".into(),
+                heartbeat: 25,
+                user_channel: Resumed {
+                    position: Some(pos(12, "x1")),
+                    recovered: Some(true)
+                },
+                broadcast: Resumed {
+                    position: Some(pos(3, "b7")),
+                    recovered: Some(false)
+                },
+            }),
+            r#"{"type":"welcome","conn":"c1","user":"alice","node":"n1","heartbeat":25,"position":{"offset":12,"epoch":"x1"},"recovered":true,"broadcast_position":{"offset":3,"epoch":"b7"},"broadcast_recovered":false}"#
+        );
+        assert_eq!(
+            text(&ServerFrame::Subscribed {
+                id: Some(1.into()),
+                resumed: Resumed {
+                    position: Some(pos(57, "k3Jd")),
+                    recovered: Some(true)
+                }
+            }),
+            r#"{"type":"ok","id":1,"offset":57,"epoch":"k3Jd","recovered":true}"#
+        );
+        assert_eq!(
+            text(&ServerFrame::Published {
+                id: Some(3.into()),
+                offset: Some(58)
+            }),
+            r#"{"type":"ok","id":3,"offset":58}"#
+        );
+        assert_eq!(
+            text(&ServerFrame::Resync {
+                channel: crate::protocol::Channel::parse("room:lobby").unwrap(),
+                offset: 41,
+                epoch: crate::protocol::Epoch::new("E")
+            }),
+            r#"{"type":"resync","channel":"room:lobby","offset":41,"epoch":"E"}"#
+        );
+        assert_eq!(
+            text(&ServerFrame::Presence {
+                id: Some(7.into()),
+                presence: PresenceInfo {
+                    users: 2,
+                    clients: 3,
+                    members: vec!["alice".into(), "bob".into()],
+                    truncated: false
+                }
+            }),
+            r#"{"type":"ok","id":7,"presence":{"users":2,"clients":3,"members":["alice","bob"],"truncated":false}}"#
         );
         let bin = encode_server_frame(Format::MsgPack, &ServerFrame::Ok { id: Some(1.into()) })
             .into_data();

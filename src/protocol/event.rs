@@ -28,6 +28,24 @@ pub struct Publication {
     pub payload: Bytes,
     /// When this node received it: the start of the fan-out latency clock.
     pub received_at: Instant,
+    /// Its offset, on a channel with history.
+    pub offset: Option<u64>,
+    /// The epoch of `offset` as the broker sent it (empty without one);
+    /// bytes, so the inbound path compares it instead of allocating.
+    pub epoch: Bytes,
+}
+
+impl Publication {
+    /// A publication without an offset, received now.
+    pub fn new(channel: Channel, payload: Bytes) -> Publication {
+        Publication {
+            channel,
+            payload,
+            received_at: Instant::now(),
+            offset: None,
+            epoch: Bytes::new(),
+        }
+    }
 }
 
 /// A publication ready for fan-out, with lazily built per-format frames.
@@ -37,6 +55,7 @@ pub struct Event {
     /// Always valid JSON text.
     data: Bytes,
     received_at: Instant,
+    offset: Option<u64>,
     json: OnceLock<Message>,
     msgpack: OnceLock<Message>,
 }
@@ -50,6 +69,8 @@ impl Event {
             channel,
             payload,
             received_at,
+            offset,
+            ..
         } = publication;
         let data = match inspect(&payload, limit) {
             Ok(_) => payload,
@@ -71,6 +92,7 @@ impl Event {
             channel,
             data,
             received_at,
+            offset,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         })
@@ -86,6 +108,16 @@ impl Event {
         self.received_at
     }
 
+    /// Its offset, on a channel with history.
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
+    }
+
+    /// The data as JSON text (for history replies).
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
     /// The `event` frame in `format`, built on first use; clones are cheap
     /// (a reference-count increment on the shared bytes).
     pub fn message(&self, format: Format) -> &Message {
@@ -97,9 +129,13 @@ impl Event {
 
     fn encode_json(&self) -> Message {
         let channel = serde_json::to_vec(&self.channel.to_string()).unwrap_or_default();
-        let mut buf = BytesMut::with_capacity(36 + channel.len() + self.data.len());
+        let mut buf = BytesMut::with_capacity(64 + channel.len() + self.data.len());
         buf.put_slice(br#"{"type":"event","channel":"#);
         buf.put_slice(&channel);
+        if let Some(offset) = self.offset {
+            buf.put_slice(br#","offset":"#);
+            buf.put_slice(offset.to_string().as_bytes());
+        }
         buf.put_slice(br#","data":"#);
         buf.put_slice(&self.data);
         buf.put_u8(b'}');
@@ -115,12 +151,15 @@ impl Event {
         struct Wire<'a> {
             r#type: &'static str,
             channel: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            offset: Option<u64>,
             data: &'a serde_json::Value,
         }
         let value: serde_json::Value = serde_json::from_slice(&self.data).unwrap_or_default();
         let wire = Wire {
             r#type: "event",
             channel: self.channel.to_string(),
+            offset: self.offset,
             data: &value,
         };
         Message::Binary(Bytes::from(
@@ -136,11 +175,10 @@ mod tests {
 
     fn event(payload: &'static [u8]) -> Event {
         Event::new(
-            Publication {
-                channel: Channel::Room(RoomName::parse("lobby").unwrap()),
-                payload: Bytes::from_static(payload),
-                received_at: Instant::now(),
-            },
+            Publication::new(
+                Channel::Room(RoomName::parse("lobby").unwrap()),
+                Bytes::from_static(payload),
+            ),
             1 << 20,
         )
         .unwrap()
@@ -171,11 +209,7 @@ mod tests {
     #[test]
     fn user_channel_names_are_escaped() {
         let e = Event::new(
-            Publication {
-                channel: Channel::User("a\"b".into()),
-                payload: Bytes::from_static(b"1"),
-                received_at: Instant::now(),
-            },
+            Publication::new(Channel::User("a\"b".into()), Bytes::from_static(b"1")),
             1 << 20,
         )
         .unwrap();
@@ -212,14 +246,30 @@ mod tests {
     fn a_payload_too_large_in_one_encoding_is_refused() {
         let nulls = format!("[{}]", vec!["null"; 1000].join(","));
         let r = Event::new(
-            Publication {
-                channel: Channel::Broadcast,
-                payload: Bytes::from(nulls),
-                received_at: Instant::now(),
-            },
+            Publication::new(Channel::Broadcast, Bytes::from(nulls)),
             2000,
         );
         assert!(matches!(r, Err(PayloadError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn an_offset_is_carried_in_both_formats() {
+        let mut p = Publication::new(
+            Channel::Room(RoomName::parse("lobby").unwrap()),
+            Bytes::from_static(br#"{"a":1}"#),
+        );
+        p.offset = Some(42);
+        let e = Event::new(p, 1 << 20).unwrap();
+        assert_eq!(
+            e.message(Format::Json).to_text().unwrap(),
+            r#"{"type":"event","channel":"room:lobby","offset":42,"data":{"a":1}}"#
+        );
+        let v: serde_json::Value =
+            rmp_serde::from_slice(&e.message(Format::MsgPack).clone().into_data()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"event","channel":"room:lobby","offset":42,"data":{"a":1}})
+        );
     }
 
     #[test]

@@ -11,21 +11,26 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{Flow, Pending, Session};
 use crate::broker::{BrokerError, Published};
-use crate::hub::Joined;
+use crate::continuity::{Resume, Stored};
+use crate::hub::{EVENT_ENVELOPE, Joined};
 use crate::protocol::{
-    Channel, ClientFrame, Disconnect, ErrorCode, PayloadError, RequestId, RoomName, ServerFrame,
-    decode_client_frame, encode_server_frame, inspect,
+    Channel, ClientFrame, Disconnect, ErrorCode, Event, PayloadError, Publication, RequestId,
+    Resumed, RoomName, ServerFrame, Since, decode_client_frame, encode_server_frame, inspect,
 };
 
 /// The outcome of a pending command.
 pub(super) enum Done {
-    /// The user channel was joined at connect (or not).
-    Joined(Result<Joined, BrokerError>),
-    /// A room was joined (or not).
+    /// The user channel was joined at connect (or not), and both it and
+    /// `broadcast` resumed.
+    Joined {
+        user: Result<(Joined, Resume), BrokerError>,
+        broadcast: Resume,
+    },
+    /// A room was joined (or not) and resumed.
     Subscribed {
         room: RoomName,
         id: Option<RequestId>,
-        result: Result<Joined, BrokerError>,
+        result: Result<(Joined, Resume), BrokerError>,
     },
     /// A room was left.
     Unsubscribed { id: Option<RequestId> },
@@ -40,17 +45,23 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Joins the user channel; `welcome` follows once it is live.
-    pub(super) fn join(&self) -> Pending {
+    /// Joins the user channel and resumes it and `broadcast` (both held in
+    /// the outbox since registration); `welcome` follows once it is live.
+    pub(super) fn join(&mut self) -> Pending {
         let (hub, id, me) = (self.node.hub.clone(), self.id, self.me.clone());
         let channel = Channel::User(self.user.clone());
-        Box::pin(async move { Done::Joined(hub.subscribe(&channel, id, me).await) })
+        let at = self.resume_at.take().map(|b| *b).unwrap_or_default();
+        Box::pin(async move {
+            let user = hub.join(&channel, id, me, at.user.as_ref()).await;
+            let broadcast = hub.resume(&Channel::Broadcast, at.broadcast.as_ref()).await;
+            Done::Joined { user, broadcast }
+        })
     }
 
     /// Records what a finished command changed, without answering.
     pub(super) fn settle(&mut self, done: &Done) {
         match done {
-            Done::Joined(Ok(_)) => self.user_joined = true,
+            Done::Joined { user: Ok(_), .. } => self.user_joined = true,
             Done::Subscribed {
                 room,
                 result: Ok(_),
@@ -66,36 +77,56 @@ where
     pub(super) fn apply(&mut self, done: Done) -> Flow {
         self.settle(&done);
         match done {
-            Done::Joined(Ok(_)) => {
+            Done::Joined {
+                user: Ok((_, user)),
+                broadcast,
+            } => {
                 let welcome = ServerFrame::Welcome {
                     conn: format!("{:x}", self.id),
                     user: self.user.clone(),
                     node: self.node.id.clone(),
                     heartbeat: self.node.config.websocket.heartbeat_seconds,
+                    user_channel: user.resumed.clone(),
+                    broadcast: broadcast.resumed.clone(),
                 };
-                let welcome = encode_server_frame(self.me.format, &welcome);
-                let outbox = &self.me.outbox;
-                outbox.release(&Channel::User(self.user.clone()), vec![welcome], None);
-                outbox.release(&Channel::Broadcast, Vec::new(), None);
+                let user_channel = Channel::User(self.user.clone());
+                self.release(&user_channel, Some(welcome), user);
+                self.release(&Channel::Broadcast, None, broadcast);
                 Flow::Continue
             }
-            Done::Joined(Err(e)) => {
+            Done::Joined { user: Err(e), .. } => {
                 tracing::warn!(error = %e, "user channel subscribe failed; closing socket");
                 Flow::Close(Disconnect::Internal)
             }
-            Done::Subscribed { id, result, .. } => match result {
-                Ok(_) => self.reply(ServerFrame::Ok { id }),
-                Err(e) => self.error(id, broker_error_code(&e), &e.to_string()),
-            },
+            Done::Subscribed { room, id, result } => {
+                let channel = Channel::Room(room);
+                match result {
+                    Ok((_, resume)) => {
+                        let reply = ServerFrame::Subscribed {
+                            id,
+                            resumed: resume.resumed.clone(),
+                        };
+                        self.release(&channel, Some(reply), resume);
+                        Flow::Continue
+                    }
+                    Err(e) => {
+                        self.me.outbox.release(&channel, Vec::new(), None);
+                        self.error(id, broker_error_code(&e), &e.to_string())
+                    }
+                }
+            }
             Done::Unsubscribed { id } => self.reply(ServerFrame::Ok { id }),
             Done::Published { id, result } => match result {
-                Ok(_) => {
+                Ok(published) => {
                     self.node
                         .metrics
                         .publications_in
                         .with_label_values(&["client"])
                         .inc();
-                    self.reply(ServerFrame::Ok { id })
+                    self.reply(ServerFrame::Published {
+                        id,
+                        offset: published.offset,
+                    })
                 }
                 Err(e) => {
                     self.node.metrics.broker_publish_errors.inc();
@@ -103,6 +134,35 @@ where
                 }
             },
         }
+    }
+
+    /// Ends the hold on `channel`: the reply (if any), the replay, then the
+    /// live events the resume did not cover.
+    fn release(&self, channel: &Channel, reply: Option<ServerFrame>, resume: Resume) {
+        let format = self.me.format;
+        let limit = self
+            .node
+            .config
+            .websocket
+            .outbox_max_bytes
+            .saturating_sub(EVENT_ENVELOPE);
+        let mut front: Vec<_> = reply
+            .iter()
+            .map(|frame| encode_server_frame(format, frame))
+            .collect();
+        front.extend(
+            resume
+                .replay
+                .into_iter()
+                .filter_map(|Stored { offset, data }| {
+                    let mut p = Publication::new(channel.clone(), data);
+                    p.offset = Some(offset);
+                    // The same normalisation live events get; one too large for the
+                    // queue is skipped here as it would have been dropped live.
+                    Event::new(p, limit).ok().map(|e| e.message(format).clone())
+                }),
+        );
+        self.me.outbox.release(channel, front, resume.after);
     }
 
     /// Handles one data frame (text = JSON, binary = MessagePack).
@@ -128,18 +188,20 @@ where
             ClientFrame::Publish { .. } => "publish",
             ClientFrame::Refresh { .. } => "refresh",
             ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Presence { .. } => "presence",
         };
         self.node.metrics.frames_in.with_label_values(&[kind]).inc();
         match frame {
-            ClientFrame::Subscribe { room, id } => self.subscribe(&room, id),
+            ClientFrame::Subscribe { room, id, since } => self.subscribe(&room, id, since),
             ClientFrame::Unsubscribe { room, id } => self.unsubscribe(&room, id),
             ClientFrame::Publish { room, data, id } => self.publish(&room, data, id),
             ClientFrame::Refresh { token, id } => self.refresh(&token, id),
             ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }),
+            ClientFrame::Presence { room, id } => self.presence(&room, id),
         }
     }
 
-    fn subscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
+    fn subscribe(&mut self, room: &str, id: Option<RequestId>, since: Option<Since>) -> Flow {
         let Some(room) = RoomName::parse(room) else {
             return self.error(
                 id,
@@ -150,18 +212,44 @@ where
         if !self.rooms_grant.allows(room.as_str()) {
             return self.error(id, ErrorCode::Forbidden, "token does not allow this room");
         }
+        let channel = Channel::Room(room.clone());
         if self.rooms.contains(&room) {
-            return self.reply(ServerFrame::Ok { id });
+            // Already joined: the position it stands at, nothing replayed.
+            let position = self.node.hub.position(&channel);
+            return self.reply(ServerFrame::Subscribed {
+                id,
+                resumed: Resumed {
+                    position,
+                    recovered: None,
+                },
+            });
         }
         if self.rooms.len() >= self.node.config.limits.max_rooms_per_socket {
             return self.error(id, ErrorCode::TooManyRooms, "room limit per socket reached");
         }
+        // Held from before the subscription is live until the reply and the
+        // replay are queued: no live event of the room can overtake them.
+        self.me.outbox.hold(&channel);
         let (hub, conn, me) = (self.node.hub.clone(), self.id, self.me.clone());
         self.pending = Some(Box::pin(async move {
-            let result = hub.subscribe(&Channel::Room(room.clone()), conn, me).await;
+            let result = hub.join(&channel, conn, me, since.as_ref()).await;
             Done::Subscribed { room, id, result }
         }));
         Flow::Continue
+    }
+
+    fn presence(&mut self, room: &str, id: Option<RequestId>) -> Flow {
+        let Some(room) = RoomName::parse(room) else {
+            return self.error(id, ErrorCode::BadRoom, "invalid room name");
+        };
+        if !self.rooms_grant.allows(room.as_str()) {
+            return self.error(id, ErrorCode::Forbidden, "token does not allow this room");
+        }
+        self.error(
+            id,
+            ErrorCode::BrokerUnavailable,
+            "presence is not available yet",
+        )
     }
 
     fn unsubscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {

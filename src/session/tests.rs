@@ -95,6 +95,7 @@ async fn open(node: &Arc<Node>, token: &str) -> (Client, tokio::task::JoinHandle
         identity,
         format: Format::Json,
         permit,
+        resume_at: Default::default(),
     };
     let task = tokio::spawn(run(node.clone(), ws, admitted));
     let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
@@ -377,6 +378,7 @@ async fn a_protocol_violation_is_closed_1002_and_counted() {
         identity,
         format: Format::Json,
         permit,
+        resume_at: Default::default(),
     };
     let task = tokio::spawn(run(node.clone(), ws, admitted));
     // A masked text frame with RSV1 set (no extension was negotiated).

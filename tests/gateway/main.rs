@@ -11,6 +11,7 @@ mod kit;
 
 mod admission;
 mod backpressure;
+mod continuity;
 mod delivery;
 mod drain;
 mod frames;

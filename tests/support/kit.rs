@@ -10,6 +10,7 @@
 pub mod client;
 pub mod http;
 pub mod process;
+pub mod resume;
 pub mod temp_dir;
 pub mod test_gateway;
 pub mod token;
@@ -18,7 +19,8 @@ pub mod wait;
 pub use client::{Client, Ended, event};
 pub use http::{http, http_on};
 pub use process::{Proc, free_port, gateway_command, repo};
+pub use resume::{Seen, Stream, publish_offset, reconnect};
 pub use temp_dir::TempDir;
-pub use test_gateway::{API_KEY, Builder, TestGateway, metric_value, test_config};
+pub use test_gateway::{API_KEY, Builder, TestGateway, metric_value, test_config, with_history};
 pub use token::{SECRET, now, sign, sign_with, token};
 pub use wait::{DEADLINE, eventually, eventually_async, eventually_blocking, until};

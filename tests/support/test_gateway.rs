@@ -29,6 +29,10 @@ pub const API_KEY: &str = "test-api-key";
 const CAPACITY: usize = 10_000;
 
 /// The configuration every test gateway starts from.
+/// The test gateways' configuration: port 0, a one-second drain, the
+/// kit's secret and API key, no message rate limit, and history off, so
+/// that frames keep their v1 shapes exactly (no `offset`, no `epoch`);
+/// continuity tests turn history on with [`with_history`].
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".into();
@@ -37,7 +41,16 @@ pub fn test_config() -> Config {
     c.auth.leeway_seconds = 0;
     c.api.keys = vec![API_KEY.into()];
     c.limits.messages_per_second = 0;
+    c.history.size = 0;
+    c.history.user_size = 0;
     c
+}
+
+/// History on, with the built-in defaults (contract section 6).
+pub fn with_history(c: &mut Config) {
+    let defaults = gateway::config::HistoryConfig::default();
+    c.history.size = defaults.size;
+    c.history.user_size = defaults.user_size;
 }
 
 /// How a test gateway is made: configuration, capacity, deadline.

@@ -18,6 +18,9 @@ use super::RedisSettings;
 use super::fleet::Health;
 use super::shared::{Event, Shared};
 use super::topology::Addr;
+use bytes::Bytes;
+
+use crate::broker::BrokerEvent;
 use crate::protocol::Publication;
 
 /// A connection fred has established, not yet adopted.
@@ -62,6 +65,8 @@ pub(super) struct Conn {
     pub(super) client: Client,
     pub(super) probe: Option<Str>,
     pub(super) health: Arc<Health>,
+    /// The Function library is loaded on this master (since it connected).
+    pub(super) functions: bool,
     connection: Option<ConnectHandle>,
     tasks: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -72,7 +77,7 @@ impl Conn {
     pub(super) fn open(
         shared: &Arc<Shared>,
         opened: Opened,
-        inbound: mpsc::Sender<Publication>,
+        inbound: mpsc::Sender<BrokerEvent>,
         events: mpsc::UnboundedSender<Event>,
     ) -> Conn {
         let Opened {
@@ -83,9 +88,13 @@ impl Conn {
             messages,
         } = opened;
         let health = Arc::new(Health::default());
-        let reader = shared
-            .tasks
-            .spawn(read(messages, shared.clone(), inbound, health.clone()));
+        let reader = shared.tasks.spawn(read(
+            messages,
+            shared.clone(),
+            inbound,
+            health.clone(),
+            addr.clone(),
+        ));
         let watcher = shared.tasks.spawn(watch_connection(
             client.reconnect_rx(),
             client.error_rx(),
@@ -100,6 +109,7 @@ impl Conn {
             client,
             probe: None,
             health,
+            functions: false,
             connection: Some(connection),
             tasks: vec![reader, watcher],
             shared: shared.clone(),
@@ -127,19 +137,30 @@ impl Drop for Conn {
 }
 
 /// Hands a connection's messages to the hub: a cheap hand-off, so fred's
-/// message channel never fills; probes are answered here.
+/// message channel never fills; probes are answered here. Messages lost to a
+/// lagging reader are counted, and every channel of the connection is
+/// checked against history, so the hub fills what was lost.
 async fn read(
     mut messages: broadcast::Receiver<Message>,
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Publication>,
+    inbound: mpsc::Sender<BrokerEvent>,
     health: Arc<Health>,
+    addr: Addr,
 ) {
     loop {
         let message = match messages.recv().await {
             Ok(m) => m,
             Err(broadcast::error::RecvError::Lagged(lost)) => {
-                tracing::error!(lost, "redis messages lost: the inbound reader fell behind");
+                tracing::error!(
+                    lost,
+                    "redis messages lost: the inbound reader fell behind; checking its channels"
+                );
                 shared.metrics.broker_inbound_lost.inc_by(lost);
+                let names = shared.table().live_names_on(&addr);
+                let channels = names.iter().filter_map(|n| shared.names.parse(n)).collect();
+                if inbound.send(BrokerEvent::Check(channels)).await.is_err() {
+                    break;
+                }
                 continue;
             }
             Err(broadcast::error::RecvError::Closed) => break,
@@ -164,18 +185,49 @@ async fn read(
         let Some(payload) = message.value.into_bytes() else {
             continue;
         };
+        let (offset, epoch, payload) = split_offset(payload);
+        let publication = Publication {
+            channel,
+            payload,
+            received_at,
+            offset,
+            epoch,
+        };
         if inbound
-            .send(Publication {
-                channel,
-                payload,
-                received_at,
-            })
+            .send(BrokerEvent::Publication(publication))
             .await
             .is_err()
         {
             break;
         }
     }
+}
+
+/// Splits `gw_publish`'s `\0h:<offset>:<epoch>:<data>` into its parts
+/// without copying; anything else is data without an offset.
+fn split_offset(payload: Bytes) -> (Option<u64>, Bytes, Bytes) {
+    let Some(rest) = payload.strip_prefix(b"\0h:") else {
+        return (None, Bytes::new(), payload);
+    };
+    let mut parts = rest.splitn(3, |b| *b == b':');
+    let (Some(offset_digits), Some(epoch), Some(_)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return (None, Bytes::new(), payload);
+    };
+    let Some(offset) = std::str::from_utf8(offset_digits)
+        .ok()
+        .and_then(|o| o.parse::<u64>().ok())
+    else {
+        return (None, Bytes::new(), payload);
+    };
+    // "\0h:" + offset + ':' + epoch + ':' + data
+    let epoch_at = 3 + offset_digits.len() + 1;
+    let data_at = epoch_at + epoch.len() + 1;
+    (
+        Some(offset),
+        payload.slice(epoch_at..epoch_at + epoch.len()),
+        payload.slice(data_at..),
+    )
 }
 
 /// Turns fred's connection events into reconciler events.
@@ -206,6 +258,30 @@ async fn watch_connection(
         };
         if events.send(event).is_err() {
             break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_split_from_data_without_parsing_it() {
+        let (o, e, d) = split_offset(Bytes::from_static(b"\0h:42:k3Jd:{\"a\":\"x:y\"}"));
+        assert_eq!(
+            (o, &e[..], &d[..]),
+            (Some(42), &b"k3Jd"[..], &br#"{"a":"x:y"}"#[..])
+        );
+        for plain in [
+            &b"{\"a\":1}"[..],
+            b"\0h:",
+            b"\0h:x:e:d",
+            b"\0h:1:e",
+            b"hello",
+        ] {
+            let (o, e, d) = split_offset(Bytes::copy_from_slice(plain));
+            assert_eq!((o, e.len(), &d[..]), (None, 0, plain), "{plain:?}");
         }
     }
 }

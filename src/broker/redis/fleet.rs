@@ -75,6 +75,8 @@ pub(super) struct NodeView {
     pub(super) probe: Option<Str>,
     /// Its probe state.
     pub(super) health: Arc<Health>,
+    /// The Function library is loaded on its master.
+    pub(super) functions: bool,
 }
 
 impl NodeView {
@@ -96,11 +98,15 @@ pub(super) struct Fleet {
 }
 
 impl Fleet {
-    /// Up: complete, non-empty and every probe fresh.
-    pub(super) fn is_up(&self, now: u64, timeout: u64) -> bool {
+    /// Up: complete, non-empty, every probe fresh and, where history needs
+    /// it, the Function library loaded on every master.
+    pub(super) fn is_up(&self, now: u64, timeout: u64, functions: bool) -> bool {
         self.complete
             && !self.nodes.is_empty()
-            && self.nodes.iter().all(|n| n.healthy(now, timeout))
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.healthy(now, timeout) && (n.functions || !functions))
     }
 }
 

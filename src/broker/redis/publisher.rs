@@ -6,36 +6,49 @@
 //! The task drains the queue in batches, sends each as one pipeline and waits
 //! at most `publish_timeout_ms` for it. Batches go out one after another, in
 //! queue order, so events of one channel keep their order.
+//!
+//! A publication to a channel with history goes out as `FCALL gw_publish`
+//! and carries a reply slot: its caller learns the offset once Redis stored
+//! it (or the error). One without history is a plain (S)PUBLISH, answered
+//! when queued.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::{ClientLike, FunctionInterface, PubsubInterface};
 use fred::types::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::RedisSettings;
 use super::names::Names;
 use super::shared::Shared;
+use crate::broker::{BrokerError, Published};
 use crate::metrics::Metrics;
 use crate::protocol::Channel;
 
 /// Most publications sent in one pipeline.
 const BATCH: usize = 512;
 
-/// A queued publication.
-pub(super) type Outgoing = (Channel, Bytes);
+/// Where a stored publication's outcome goes.
+pub(super) type Reply = oneshot::Sender<Result<Published, BrokerError>>;
 
-/// Starts the publisher task; returns the sending side of its queue.
+/// A queued publication; `reply` is set for channels with history.
+pub(super) struct Outgoing {
+    pub(super) channel: Channel,
+    pub(super) payload: Bytes,
+    pub(super) reply: Option<Reply>,
+}
+
+/// Starts the publisher task on `client`; returns the sending side of its queue.
 pub(super) fn spawn(
     shared: &Arc<Shared>,
+    client: Client,
     cancel: CancellationToken,
-) -> Result<mpsc::Sender<Outgoing>, fred::error::Error> {
+) -> mpsc::Sender<Outgoing> {
     let settings = shared.settings.clone();
     let (names, metrics) = (shared.names.clone(), shared.metrics.clone());
-    let client = super::client::publisher(&settings)?;
     let (tx, rx) = mpsc::channel(settings.publish_queue);
     shared.tasks.spawn(async move {
         let connection = client.connect();
@@ -46,7 +59,7 @@ pub(super) fn spawn(
         let _ = client.quit().await;
         connection.abort();
     });
-    Ok(tx)
+    tx
 }
 
 async fn run(
@@ -60,30 +73,59 @@ async fn run(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let sent = batch.len();
         let pipeline = client.pipeline();
-        for (channel, payload) in batch.drain(..) {
+        let mut replies = Vec::with_capacity(sent);
+        for Outgoing {
+            channel,
+            payload,
+            reply,
+        } in batch.drain(..)
+        {
             let name = names.channel(&channel);
             // Queuing into a pipeline only buffers the command locally.
-            let queued: Result<(), _> = if settings.sharded {
-                pipeline.spublish(name, Value::Bytes(payload)).await
-            } else {
-                pipeline.publish(name, Value::Bytes(payload)).await
+            let queued: Result<(), _> = match &reply {
+                Some(_) => {
+                    pipeline
+                        .fcall("gw_publish", vec![name], vec![Value::Bytes(payload)])
+                        .await
+                }
+                None if settings.sharded => pipeline.spublish(name, Value::Bytes(payload)).await,
+                None => pipeline.publish(name, Value::Bytes(payload)).await,
             };
             if let Err(e) = queued {
                 tracing::debug!(error = %e, "publish not queued");
             }
+            replies.push(reply);
         }
-        let failed = match tokio::time::timeout(
-            settings.publish_timeout,
-            pipeline.try_all::<Value>(),
-        )
-        .await
-        {
+        let results =
+            tokio::time::timeout(settings.publish_timeout, pipeline.try_all::<Value>()).await;
+        let failed = match results {
             Ok(results) => {
-                let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-                if let Some(e) = failed.first() {
-                    tracing::warn!(error = %e, failed = failed.len(), sent, "redis publish failed");
+                let mut failed = 0;
+                let mut first = None;
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let outcome = match result {
+                        Ok(Value::Integer(offset)) if offset > 0 => Ok(Published {
+                            offset: Some(offset as u64),
+                        }),
+                        Ok(_) => Ok(Published::default()),
+                        Err(e) => {
+                            failed += 1;
+                            first.get_or_insert(e);
+                            Err(BrokerError::Unavailable)
+                        }
+                    };
+                    if outcome.as_ref().is_ok_and(|p| p.offset.is_some()) {
+                        metrics.history_appends.inc();
+                    }
+                    if let Some(reply) = reply {
+                        // A caller that gave up no longer listens.
+                        let _ = reply.send(outcome);
+                    }
                 }
-                failed.len()
+                if let Some(e) = first {
+                    tracing::warn!(error = %e, failed, sent, "redis publish failed");
+                }
+                failed
             }
             Err(_) => {
                 tracing::warn!(
@@ -91,6 +133,9 @@ async fn run(
                     timeout_ms = settings.publish_timeout.as_millis() as u64,
                     "redis publish timed out"
                 );
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(BrokerError::Timeout));
+                }
                 sent
             }
         };

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use fred::bytes_utils::Str;
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::interfaces::{ClientLike, FunctionInterface, PubsubInterface};
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Message, Value};
 use futures_util::future::join_all;
 use tokio::sync::{broadcast, mpsc};
@@ -31,7 +31,7 @@ use super::probe;
 use super::shared::{Event, Shared};
 use super::table::NodeOps;
 use super::topology::{Addr, Topology};
-use crate::protocol::Publication;
+use crate::broker::BrokerEvent;
 
 /// Full-pass interval while the broker is down: recovery is noticed sooner.
 const DOWN_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,7 +57,7 @@ struct Outcome {
 /// The reconciler task's state.
 pub(super) struct Reconciler {
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Publication>,
+    inbound: mpsc::Sender<BrokerEvent>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     conns: BTreeMap<Addr, Conn>,
@@ -72,7 +72,7 @@ pub(super) struct Reconciler {
 /// Starts the reconciler and the prober.
 pub(super) fn spawn(
     shared: Arc<Shared>,
-    inbound: mpsc::Sender<Publication>,
+    inbound: mpsc::Sender<BrokerEvent>,
     cancel: CancellationToken,
 ) {
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -136,10 +136,16 @@ impl Reconciler {
         let (addr, generation) = match &event {
             Event::Reconnected(a, g) | Event::Lost(a, g) | Event::Quiet(a, g) => (a.clone(), *g),
         };
-        let Some(conn) = self.conns.get(&addr).filter(|c| c.generation == generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(&addr)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         conn.health.unsubscribed();
+        // A master that restarted may have come back without the library.
+        conn.functions = false;
         let forgotten = self.shared.table().forget_node(&addr);
         match event {
             Event::Reconnected(..) => {
@@ -185,6 +191,7 @@ impl Reconciler {
             }
             self.sync_conns().await;
         }
+        self.load_functions().await;
         let mut full = full;
         for _ in 0..2 {
             self.execute(full).await;
@@ -195,6 +202,45 @@ impl Reconciler {
             full = true;
         }
         self.publish_fleet();
+    }
+
+    /// Loads the Function library where it is not loaded yet (a new or
+    /// reconnected master), so `gw_publish` and history reads find it.
+    async fn load_functions(&mut self) {
+        if !self.shared.needs_functions() {
+            return;
+        }
+        let timeout = self.shared.settings.command_timeout;
+        let loads = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.functions && c.usable())
+            .map(|(addr, conn)| {
+                let (client, code) = (conn.client.clone(), self.shared.library.clone());
+                async move {
+                    let loaded =
+                        tokio::time::timeout(timeout, client.function_load::<Value, _>(true, code))
+                            .await;
+                    (addr.clone(), loaded)
+                }
+            });
+        for (addr, loaded) in join_all(loads).await {
+            match loaded {
+                Ok(Ok(_)) => {
+                    tracing::info!(node = %addr, "redis function library gw loaded");
+                    if let Some(conn) = self.conns.get_mut(&addr) {
+                        conn.functions = true;
+                    }
+                }
+                Ok(Err(e)) if super::functions::unsupported(&e.to_string()) => {
+                    self.shared.functions_unsupported();
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(node = %addr, error = %e, "cannot load the redis function library gw")
+                }
+                Err(_) => tracing::warn!(node = %addr, "FUNCTION LOAD timed out"),
+            }
+        }
     }
 
     /// Plans and runs one round of commands, then records the results.
@@ -226,41 +272,51 @@ impl Reconciler {
         });
         let outcomes = join_all(jobs).await;
         let now = self.shared.now();
-        let mut table = self.shared.table();
-        for (addr, outcome) in outcomes {
-            for (name, resubscribe) in outcome.subscribed {
-                if resubscribe {
-                    self.shared.metrics.broker_resubscribes.inc();
+        let mut resubscribed = Vec::new();
+        {
+            let mut table = self.shared.table();
+            for (addr, outcome) in outcomes {
+                for (name, resubscribe) in outcome.subscribed {
+                    if resubscribe {
+                        self.shared.metrics.broker_resubscribes.inc();
+                        resubscribed.extend(self.shared.names.parse(&name));
+                    }
+                    table.subscribed(&addr, name);
                 }
-                table.subscribed(&addr, name);
-            }
-            for name in &outcome.unsubscribed {
-                table.unsubscribed(&addr, name);
-            }
-            for name in outcome.failed {
-                table.retry(name);
-            }
-            if outcome.moved {
-                self.need_topology = true;
-                self.shared.wake();
-            }
-            if outcome.probe
-                && let Some(conn) = self.conns.get(&addr)
-            {
-                conn.health.subscribed(now);
-                if let Some(probe) = &conn.probe {
-                    // Probe at once rather than at the next tick: the broker
-                    // becomes Up as soon as a probe has come back.
-                    probe::send(
-                        &self.shared,
-                        conn.client.clone(),
-                        probe.clone(),
-                        settings.sharded,
-                        now,
-                        settings.command_timeout,
-                    );
+                for name in &outcome.unsubscribed {
+                    table.unsubscribed(&addr, name);
+                }
+                for name in outcome.failed {
+                    table.retry(name);
+                }
+                if outcome.moved {
+                    self.need_topology = true;
+                    self.shared.wake();
+                }
+                if outcome.probe
+                    && let Some(conn) = self.conns.get(&addr)
+                {
+                    conn.health.subscribed(now);
+                    if let Some(probe) = &conn.probe {
+                        // Probe at once rather than at the next tick: the broker
+                        // becomes Up as soon as a probe has come back.
+                        probe::send(
+                            &self.shared,
+                            conn.client.clone(),
+                            probe.clone(),
+                            settings.sharded,
+                            now,
+                            settings.command_timeout,
+                        );
+                    }
                 }
             }
+        }
+        // Channels subscribed again after a reconnect, a failover or a
+        // migration may have missed publications meanwhile: the hub checks
+        // each against history and fills what was missed.
+        if !resubscribed.is_empty() {
+            let _ = self.inbound.send(BrokerEvent::Check(resubscribed)).await;
         }
     }
 
@@ -491,6 +547,7 @@ impl Reconciler {
                 client: c.client.clone(),
                 probe: c.probe.clone(),
                 health: c.health.clone(),
+                functions: c.functions,
             })
             .collect();
         self.shared.set_fleet(Fleet { nodes, complete });

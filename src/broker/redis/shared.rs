@@ -3,6 +3,7 @@
 //! task of the bridge. The broker handle, the reconciler, the connection
 //! tasks and the prober all hold it; only the reconciler changes the fleet.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -16,7 +17,9 @@ use super::names::Names;
 use super::table::Table;
 use super::topology::Addr;
 use crate::broker::BrokerState;
+use crate::continuity::RetentionRules;
 use crate::metrics::Metrics;
+use crate::protocol::Channel;
 
 /// State shared by the broker handle, the reconciler, the readers and the prober.
 pub(super) struct Shared {
@@ -38,6 +41,12 @@ pub(super) struct Shared {
     clock: Instant,
     /// Every task of the bridge, so that closing the broker can wait for them.
     pub(super) tasks: TaskTracker,
+    /// `[history]`, resolved.
+    pub(super) rules: RetentionRules,
+    /// The Function library's source for these rules.
+    pub(super) library: String,
+    /// Redis answered that it has no functions (< 7): history is off.
+    functions_unsupported: AtomicBool,
 }
 
 impl Shared {
@@ -47,10 +56,15 @@ impl Shared {
         names: Names,
         metrics: Metrics,
         broadcast: Str,
+        rules: RetentionRules,
     ) -> Shared {
         let mut table = Table::default();
         table.want_quietly(broadcast.clone());
+        let library = super::functions::library(&rules, &settings.prefix, settings.sharded);
         Shared {
+            rules,
+            library,
+            functions_unsupported: AtomicBool::new(false),
             settings,
             names,
             metrics,
@@ -61,6 +75,28 @@ impl Shared {
             state: watch::channel(BrokerState::Down).0,
             clock: Instant::now(),
             tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Whether `channel` keeps history here (configured, and Redis can).
+    pub(super) fn keeps_history(&self, channel: &Channel) -> bool {
+        self.rules.of(channel).is_some() && !self.functions_unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Whether the Function library must be loaded before the broker is Up.
+    pub(super) fn needs_functions(&self) -> bool {
+        let r = &self.rules;
+        let any = r.room.0 > 0 || r.user.0 > 0 || r.rooms.iter().any(|rule| rule.size > 0);
+        any && !self.functions_unsupported.load(Ordering::Relaxed)
+    }
+
+    /// Redis has no functions: history is off from now on.
+    pub(super) fn functions_unsupported(&self) {
+        if !self.functions_unsupported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "redis has no FUNCTION command (Redis < 7): history, offsets and resume are OFF; \
+                 clients get `recovered: false` and events carry no offset"
+            );
         }
     }
 
@@ -102,12 +138,11 @@ impl Shared {
     /// Recomputes Up/Down from the connections' probes.
     pub(super) fn refresh_state(&self) {
         let timeout = self.settings.probe_timeout.as_nanos() as u64;
-        let up = self
-            .fleet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_up(self.now(), timeout)
-            && self.table().is_live(&self.broadcast);
+        let up = self.fleet.lock().unwrap_or_else(|e| e.into_inner()).is_up(
+            self.now(),
+            timeout,
+            self.needs_functions(),
+        ) && self.table().is_live(&self.broadcast);
         let next = if up {
             BrokerState::Up
         } else {

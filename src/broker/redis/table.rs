@@ -85,6 +85,15 @@ impl Table {
         self.live.contains_key(name)
     }
 
+    /// The names live on `addr`'s connection.
+    pub(super) fn live_names_on(&self, addr: &Addr) -> Vec<Str> {
+        self.live
+            .iter()
+            .filter(|(_, at)| *at == addr)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Channels live on `addr`'s connection, as far as this node knows.
     pub(super) fn live_on(&self, addr: &Addr) -> usize {
         self.per_node.get(addr).copied().unwrap_or(0)
