@@ -14,7 +14,10 @@
 //! A *hold* parks one channel's events while the session resumes it: they
 //! wait beside the queue until `release` puts the reply, the replay and then
 //! the held events (minus those the replay already covered) into the queue in
-//! one step, so nothing of that channel can overtake the replay.
+//! one step, so nothing of that channel can overtake the replay. The replay
+//! may also cover events fan-out has not delivered yet (the history read ran
+//! ahead of the node's pump): after the release the channel keeps a *floor*,
+//! and its events at or below it are dropped until a newer one passes.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -65,11 +68,14 @@ pub enum Status {
     Close(Disconnect),
 }
 
-/// Events of one channel parked while the session resumes it.
+/// Events of one channel parked while the session resumes it; after the
+/// release, the floor below which its events are already covered.
 #[derive(Debug)]
 struct Hold {
     channel: Channel,
     frames: VecDeque<(Outgoing, Option<u64>)>,
+    /// `Some` once released: events at or below it are duplicates.
+    floor: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -152,15 +158,28 @@ impl Outbox {
             self.wake.notify_one();
             return Err(PushError::Full);
         }
-        state.frames += 1;
-        state.bytes += len;
         if let Some(channel) = channel
             && !state.holds.is_empty()
-            && let Some(hold) = state.holds.iter_mut().find(|h| h.channel == *channel)
+            && let Some(i) = state.holds.iter().position(|h| h.channel == *channel)
         {
-            hold.frames.push_back((out, offset));
-            return Ok(());
+            match (state.holds[i].floor, offset) {
+                (None, _) => {
+                    state.frames += 1;
+                    state.bytes += len;
+                    state.holds[i].frames.push_back((out, offset));
+                    return Ok(());
+                }
+                // Covered by the replay already queued: a duplicate.
+                (Some(floor), Some(o)) if o <= floor => return Ok(()),
+                // Newer than the replay: the floor is passed for good.
+                (Some(_), Some(_)) => {
+                    state.holds.swap_remove(i);
+                }
+                (Some(_), None) => {}
+            }
         }
+        state.frames += 1;
+        state.bytes += len;
         let was_empty = state.queue.is_empty();
         state.queue.push_back(out);
         drop(state);
@@ -174,20 +193,28 @@ impl Outbox {
     /// Parks `channel`'s events from now on, until [`release`](Self::release).
     pub fn hold(&self, channel: &Channel) {
         let mut state = self.lock();
-        if !state.holds.iter().any(|h| h.channel == *channel) {
-            state.holds.push(Hold {
+        match state.holds.iter_mut().find(|h| h.channel == *channel) {
+            Some(hold) => hold.floor = None,
+            None => state.holds.push(Hold {
                 channel: channel.clone(),
                 frames: VecDeque::new(),
-            });
+                floor: None,
+            }),
         }
     }
 
     /// Ends the hold on `channel`: queues `front` (the reply and any replayed
     /// history, uncounted), then the parked events whose offset is above
-    /// `after` (all of them without an offset, or when `after` is `None`).
+    /// `after` (all of them without an offset, or when `after` is `None`);
+    /// later events at or below `after` are dropped as duplicates.
     pub fn release(&self, channel: &Channel, front: Vec<Message>, after: Option<u64>) {
         let mut state = self.lock();
         let held = match state.holds.iter().position(|h| h.channel == *channel) {
+            Some(i) if after.is_some() => {
+                let hold = &mut state.holds[i];
+                hold.floor = after;
+                std::mem::take(&mut hold.frames)
+            }
             Some(i) => state.holds.swap_remove(i).frames,
             None => VecDeque::new(),
         };
@@ -201,14 +228,20 @@ impl Outbox {
                 received_at: None,
                 counted: false,
             }));
+        let mut passed = false;
         for (out, offset) in held {
             let covered = matches!((after, offset), (Some(a), Some(o)) if o <= a);
             if covered {
                 state.frames -= 1;
                 state.bytes -= out.message.len();
             } else {
+                passed |= offset.is_some();
                 state.queue.push_back(out);
             }
+        }
+        if passed {
+            // A held event newer than the replay already passed the floor.
+            state.holds.retain(|h| h.channel != *channel);
         }
         let pending = !state.queue.is_empty();
         drop(state);
@@ -401,6 +434,35 @@ mod tests {
         o.take(&mut batch, ALL);
         assert_eq!(texts(&batch), ["ok", "r4", "r5", "6", "7"]);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn events_the_replay_covered_are_dropped_even_after_the_release() {
+        let o = Outbox::new(100, 10_000);
+        let lobby = room("lobby");
+        o.hold(&lobby);
+        // The history read ran ahead of fan-out: the replay covers up to 7
+        // while fan-out has only delivered up to 5.
+        event(&o, &lobby, 5).unwrap();
+        o.release(
+            &lobby,
+            vec![Message::text("r6"), Message::text("r7")],
+            Some(7),
+        );
+        event(&o, &lobby, 6).unwrap();
+        event(&o, &lobby, 7).unwrap();
+        event(&o, &lobby, 8).unwrap();
+        event(&o, &lobby, 9).unwrap();
+        let mut batch = VecDeque::new();
+        o.take(&mut batch, ALL);
+        assert_eq!(texts(&batch), ["r6", "r7", "8", "9"]);
+        // The floor is gone once passed: a later resume starts clean.
+        o.hold(&lobby);
+        o.release(&lobby, Vec::new(), None);
+        event(&o, &lobby, 1).unwrap();
+        batch.clear();
+        o.take(&mut batch, ALL);
+        assert_eq!(texts(&batch), ["1"]);
     }
 
     #[test]

@@ -203,9 +203,16 @@ impl Broker for RedisBroker {
         if !self.shared.keeps_history(channel) {
             return Box::pin(std::future::ready(Ok(None)));
         }
+        let name = self.shared.names.channel(channel);
+        // The channel's own master, as the subscriber side knows it (fresh
+        // after a failover); fred's cluster client catches up later.
+        let client = self
+            .shared
+            .client_for(name.as_bytes())
+            .unwrap_or_else(|| self.client.clone());
         Box::pin(history::read(
-            self.client.clone(),
-            self.shared.names.channel(channel),
+            client,
+            name,
             since,
             limit,
             self.shared.settings.command_timeout,

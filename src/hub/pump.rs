@@ -12,7 +12,7 @@
 //! [`Track`]: crate::continuity::Track
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::task::JoinSet;
@@ -24,10 +24,14 @@ use crate::protocol::{Channel, Event, Position, Publication, ServerFrame};
 
 /// Most publications one repair reads; a longer gap takes several repairs.
 const REPAIR_LIMIT: usize = 10_000;
+/// A failed read is tried this often, this far apart, before the gap is
+/// given up (about 5 s: a Redis failover's own time).
+const ATTEMPTS: u32 = 20;
+const RETRY: Duration = Duration::from_millis(250);
 
 /// What a repair task brings back.
 enum Fetched {
-    /// A history page (`None`: the read failed).
+    /// A history page (`None`: every attempt to read failed).
     Page(Option<HistoryPage>),
     /// The position after a new epoch was started.
     Epoch(Option<Position>),
@@ -120,13 +124,23 @@ impl Hub {
         }
     }
 
-    /// Reads history after `after` (only the position without it) in a task.
+    /// Reads history after `after` (only the position without it) in a
+    /// task, trying again while the broker fails (it is likely recovering,
+    /// e.g. mid-failover) before the gap is given up.
     fn fetch(&self, channel: Channel, after: Option<u64>, repairs: &mut Repairs) {
         let limit = if after.is_some() { REPAIR_LIMIT } else { 0 };
-        let read = self.broker.history(&channel, after, limit);
+        let broker = self.broker.clone();
         repairs.spawn(async move {
-            let page = read.await.ok().flatten();
-            (channel, Fetched::Page(page))
+            for attempt in 0..ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(RETRY).await;
+                }
+                match broker.history(&channel, after, limit).await {
+                    Ok(page) => return (channel, Fetched::Page(page)),
+                    Err(e) => tracing::debug!(channel = %channel, error = %e, attempt, "history read failed"),
+                }
+            }
+            (channel, Fetched::Page(None))
         });
     }
 
@@ -139,10 +153,17 @@ impl Hub {
         let Some(check) = check else { return };
         if let Some(stale) = check.backwards {
             tracing::warn!(channel = %channel, offset = stale.offset, "history top went backwards (lost Redis writes): starting a new epoch");
-            let new_epoch = self.broker.new_epoch(&channel, &stale);
+            let broker = self.broker.clone();
             repairs.spawn(async move {
-                let position = new_epoch.await.ok().flatten();
-                (channel, Fetched::Epoch(position))
+                for attempt in 0..ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(RETRY).await;
+                    }
+                    if let Ok(position) = broker.new_epoch(&channel, &stale).await {
+                        return (channel, Fetched::Epoch(position));
+                    }
+                }
+                (channel, Fetched::Epoch(None))
             });
             return;
         }

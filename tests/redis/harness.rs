@@ -395,6 +395,14 @@ impl Reply {
             other => other.text().parse().unwrap_or(0),
         }
     }
+
+    /// An array's items (none for anything else).
+    pub fn items(&self) -> &[Reply] {
+        match self {
+            Reply::Array(items) => items,
+            _ => &[],
+        }
+    }
 }
 
 /// A byte stream a [`Resp`] can run over: TCP, or TLS over TCP.

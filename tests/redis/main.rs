@@ -17,5 +17,6 @@ mod kit;
 mod bench;
 mod classic;
 mod cluster;
+mod continuity;
 mod faults;
 mod secure;

@@ -119,6 +119,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// Reads data frames until the server closes; those frames and how it ended.
+    pub async fn until_closed(&mut self) -> (Vec<Value>, Ended) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(self.deadline, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Binary(b))) => frames.push(rmp_serde::from_slice(&b).unwrap()),
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frames, Ended::Closed(frame.code.into()));
+                }
+                Some(Ok(Message::Close(None))) => return (frames, Ended::Closed(1005)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return (frames, Ended::Dropped),
+            }
+        }
+    }
+
     /// Asserts that the server closes the socket with `code`.
     pub async fn expect_close(&mut self, code: u16) {
         assert_eq!(self.ended().await, Ended::Closed(code));

@@ -22,6 +22,8 @@ pub struct Stream {
     pub received: Vec<u64>,
     /// `resync` frames received: (offset, epoch).
     pub resyncs: Vec<(u64, String)>,
+    /// Events and resyncs in arrival order: (`'e'` or `'r'`, offset).
+    pub timeline: Vec<(char, u64)>,
 }
 
 impl Stream {
@@ -39,6 +41,29 @@ impl Stream {
             self.received, expected,
             "{what}: every offset once, in order"
         );
+    }
+
+    /// Asserts the contract's promise over the whole stream: each event is
+    /// the one right after the last position (an event, or a `resync`,
+    /// which says everything up to its offset is lost). Returns how many
+    /// offsets were announced lost by resyncs.
+    pub fn assert_consistent(&self, first: u64, what: &str) -> u64 {
+        let mut at = first.saturating_sub(1);
+        let mut announced = 0;
+        for (kind, offset) in &self.timeline {
+            if *kind == 'e' {
+                assert_eq!(
+                    *offset,
+                    at + 1,
+                    "{what}: event {offset} after position {at} ({:?})",
+                    self.timeline
+                );
+            } else {
+                announced += offset.saturating_sub(at);
+            }
+            at = *offset;
+        }
+        announced
     }
 }
 
@@ -100,6 +125,7 @@ impl Seen {
                     .as_u64()
                     .expect("events of history channels carry offsets");
                 s.received.push(offset);
+                s.timeline.push(('e', offset));
                 s.offset = offset;
                 Some(frame["data"].clone())
             }
@@ -109,6 +135,7 @@ impl Seen {
                     frame["epoch"].as_str().unwrap().to_owned(),
                 );
                 s.resyncs.push((offset, epoch.clone()));
+                s.timeline.push(('r', offset));
                 s.offset = offset;
                 s.epoch = Some(epoch);
                 None

@@ -11,7 +11,7 @@ use fred::bytes_utils::Str;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 
-use super::topology::Addr;
+use super::topology::{Addr, Topology};
 
 /// Probe state of one subscriber connection, shared with its reader.
 #[derive(Debug, Default)]
@@ -95,9 +95,24 @@ pub(super) struct Fleet {
     pub(super) nodes: Vec<NodeView>,
     /// Every master the broker needs has a connection (and the slot map is whole).
     pub(super) complete: bool,
+    /// The slot map the connections follow (shared: snapshots are cheap).
+    pub(super) topology: Option<std::sync::Arc<Topology>>,
+    /// Channels live on their slot's master (sharded pub/sub in a cluster).
+    pub(super) by_slot: bool,
 }
 
 impl Fleet {
+    /// The connection to the master a channel named `name` lives on: the
+    /// one its subscription was just re-established on after a failover,
+    /// hence the one to read its history from.
+    pub(super) fn client_for(&self, name: &[u8]) -> Option<Client> {
+        let home = self.topology.as_ref()?.home(name, self.by_slot)?;
+        self.nodes
+            .iter()
+            .find(|n| &n.addr == home && n.client.is_connected())
+            .map(|n| n.client.clone())
+    }
+
     /// Up: complete, non-empty, every probe fresh and, where history needs
     /// it, the Function library loaded on every master.
     pub(super) fn is_up(&self, now: u64, timeout: u64, functions: bool) -> bool {

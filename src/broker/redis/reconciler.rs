@@ -165,12 +165,11 @@ impl Reconciler {
 
     /// The master a channel belongs on.
     fn owner(&self, name: &Str) -> Option<Addr> {
-        let topology = self.topology.as_ref()?;
-        if self.shared.settings.cluster && self.shared.settings.sharded {
-            topology.owner(slot(name.as_bytes())).cloned()
-        } else {
-            topology.masters().first().cloned()
-        }
+        let s = &self.shared.settings;
+        self.topology
+            .as_ref()?
+            .home(name.as_bytes(), s.cluster && s.sharded)
+            .cloned()
     }
 
     /// Masters that need a subscriber connection.
@@ -193,8 +192,9 @@ impl Reconciler {
         }
         self.load_functions().await;
         let mut full = full;
+        let mut resubscribed = Vec::new();
         for _ in 0..2 {
-            self.execute(full).await;
+            resubscribed.extend(self.execute(full).await);
             if !full || !self.verify().await {
                 break;
             }
@@ -202,6 +202,13 @@ impl Reconciler {
             full = true;
         }
         self.publish_fleet();
+        // Channels subscribed again after a reconnect, a failover or a
+        // migration may have missed publications meanwhile: the hub checks
+        // each against history and fills what was missed. Sent once the
+        // fleet names their new masters, so the reads go there.
+        if !resubscribed.is_empty() {
+            let _ = self.inbound.send(BrokerEvent::Check(resubscribed)).await;
+        }
     }
 
     /// Loads the Function library where it is not loaded yet (a new or
@@ -244,7 +251,8 @@ impl Reconciler {
     }
 
     /// Plans and runs one round of commands, then records the results.
-    async fn execute(&mut self, full: bool) {
+    /// Returns the channels subscribed again (they were live before).
+    async fn execute(&mut self, full: bool) -> Vec<crate::protocol::Channel> {
         let plan = {
             let owner = |name: &Str| self.owner(name);
             let usable = |addr: &Addr| self.conns.get(addr).is_some_and(Conn::usable);
@@ -258,7 +266,7 @@ impl Reconciler {
             }
         }
         if work.is_empty() {
-            return;
+            return Vec::new();
         }
         let settings = self.shared.settings.clone();
         let jobs = work.into_iter().filter_map(|(addr, (ops, probe))| {
@@ -312,12 +320,7 @@ impl Reconciler {
                 }
             }
         }
-        // Channels subscribed again after a reconnect, a failover or a
-        // migration may have missed publications meanwhile: the hub checks
-        // each against history and fills what was missed.
-        if !resubscribed.is_empty() {
-            let _ = self.inbound.send(BrokerEvent::Check(resubscribed)).await;
-        }
+        resubscribed
     }
 
     /// Compares each connection's subscription count in Redis with ours.
@@ -550,7 +553,13 @@ impl Reconciler {
                 functions: c.functions,
             })
             .collect();
-        self.shared.set_fleet(Fleet { nodes, complete });
+        let s = &self.shared.settings;
+        self.shared.set_fleet(Fleet {
+            nodes,
+            complete,
+            topology: self.topology.clone().map(Arc::new),
+            by_slot: s.cluster && s.sharded,
+        });
     }
 }
 

@@ -125,6 +125,14 @@ impl Shared {
         self.clock.elapsed().as_nanos() as u64 + 1
     }
 
+    /// The subscriber connection to the master `name` lives on, if up.
+    pub(super) fn client_for(&self, name: &[u8]) -> Option<fred::clients::Client> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .client_for(name)
+    }
+
     /// A snapshot of the connections.
     pub(super) fn fleet(&self) -> Fleet {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -156,6 +156,17 @@ impl Topology {
     pub(super) fn is_complete(&self) -> bool {
         !self.slots.contains(&UNASSIGNED)
     }
+
+    /// The master a channel's subscription (and its history keys) belongs
+    /// on: its slot's owner with sharded pub/sub in a cluster, else the one
+    /// connection's master.
+    pub(super) fn home(&self, name: &[u8], by_slot: bool) -> Option<&Addr> {
+        if by_slot {
+            self.owner(super::names::slot(name))
+        } else {
+            self.masters.first()
+        }
+    }
 }
 
 #[cfg(test)]
