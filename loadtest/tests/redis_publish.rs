@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_loadtest::publish::Publisher;
-use gateway_loadtest::scenario::{PublishPlan, PublishTarget, PublishVia, RedisMode};
+use gateway_loadtest::scenario::{PublishPlan, PublishTarget, PublishVia, RedisCommand, RedisMode};
 use tokio::sync::watch;
 
 /// Redis processes, killed when dropped.
@@ -102,6 +102,7 @@ fn temp_dir(name: &str) -> PathBuf {
 fn plan(seed: SocketAddr, rate: f64) -> PublishPlan {
     PublishPlan {
         via: PublishVia::Redis,
+        redis_command: RedisCommand::Spublish,
         target: PublishTarget::Rooms,
         steps: vec![rate],
         step_duration: Duration::from_secs(1),
