@@ -211,7 +211,7 @@ fn overlap(ranges: &[(u64, u64)], covered: &[(u64, u64)]) -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetTotals {
     /// Socket-channels on which offsets were seen.
-    pub channels: u64,
+    pub socket_channels: u64,
     /// Events that carried an offset.
     pub events: u64,
     /// Distinct offsets received (per socket, channel and epoch).
@@ -246,7 +246,7 @@ pub struct OffsetTotals {
 impl OffsetTotals {
     /// Adds `o` into `self`.
     pub fn add(&mut self, o: &OffsetTotals) {
-        self.channels += o.channels;
+        self.socket_channels += o.socket_channels;
         self.events += o.events;
         self.unique += o.unique;
         self.duplicates += o.duplicates;
@@ -469,7 +469,7 @@ impl OffsetTracker {
         let mut t = self.clone();
         if t.active {
             t.fold(last_offset);
-            t.totals.channels = 1;
+            t.totals.socket_channels = 1;
         }
         t.totals
     }
@@ -566,7 +566,10 @@ mod tests {
         let mut t = started(0, "e");
         events(&mut t, 1..=5);
         let r = t.finish(Some(5));
-        assert_eq!((r.channels, r.events, r.unique, r.lost), (1, 5, 5, 0));
+        assert_eq!(
+            (r.socket_channels, r.events, r.unique, r.lost),
+            (1, 5, 5, 0)
+        );
         assert_eq!((r.duplicates, r.out_of_order, r.anomalies), (0, 0, 0));
     }
 
