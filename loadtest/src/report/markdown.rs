@@ -205,7 +205,7 @@ pub fn render(r: &Report) -> String {
             );
         }
         s.push_str(
-            "| channels | socket-channels | events with offset | lost | announced | silent | duplicates | out of order | resyncs | epoch changes | recovered | not recovered | replayed |\n\
+            "| kind | socket-channels | events with offset | lost | announced | silent | duplicates | out of order | resyncs | epoch changes | recovered | not recovered | replayed |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for (k, t) in &c.by_kind {
