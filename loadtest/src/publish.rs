@@ -5,7 +5,7 @@
 //! so no sequence number is burnt and a saturated gateway ends on time.
 //! Where the gateway answers with an offset (`FCALL gw_publish`, HTTP 202
 //! `{"offset":..}`; contract section 6) the lane keeps each channel's
-//! highest, so sockets that stayed to the end are owed the tail by offset.
+//! last, so sockets that stayed to the end are owed the tail by offset.
 
 mod http;
 pub mod redis;
@@ -120,10 +120,12 @@ impl Seqs {
         self.0.entry(channel).or_default().failed.push(seq);
     }
 
-    /// Records an offset the gateway (or its Redis function) gave an event.
+    /// Records the offset the gateway (or its Redis function) gave an
+    /// event. A lane publishes a channel's events in order, so the last one
+    /// is the channel's top (after a Redis master crash the counter may come
+    /// back lower in a new epoch: the highest ever given would be wrong).
     pub(crate) fn offset(&mut self, channel: usize, offset: u64) {
-        let f = self.0.entry(channel).or_default();
-        f.last_offset = Some(f.last_offset.unwrap_or(0).max(offset));
+        self.0.entry(channel).or_default().last_offset = Some(offset);
     }
 
     pub(crate) fn into_finals(self) -> Vec<(usize, ChannelFinal)> {

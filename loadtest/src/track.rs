@@ -25,8 +25,9 @@ pub struct ChannelFinal {
     /// Sequence numbers handed out whose publish failed, ascending; these are
     /// not counted as lost when missing.
     pub failed: Vec<u64>,
-    /// Highest offset the publisher was given for the channel (`FCALL
-    /// gw_publish` reply, HTTP 202 `offset`); `None` without history.
+    /// Last offset the publisher was given for the channel (`FCALL
+    /// gw_publish` reply, HTTP 202 `offset`): its top at the end; `None`
+    /// without history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_offset: Option<u64>,
 }
