@@ -181,6 +181,34 @@ pub fn main() -> i32 {
                 report.events.delivery.duplicates,
                 report.events.delivery.out_of_order
             );
+            if let Some(c) = &report.continuity {
+                eprintln!(
+                    "continuity by offset: {} events with offset, lost {} (announced {}, silent {}), dup {}, out-of-order {}, resyncs {}, recovered {} / not {}",
+                    c.totals.events,
+                    c.totals.lost,
+                    c.totals.lost_announced,
+                    c.lost_silent,
+                    c.totals.duplicates,
+                    c.totals.out_of_order,
+                    c.totals.resyncs,
+                    c.totals.recovered,
+                    c.totals.not_recovered
+                );
+            }
+            if let Some(rc) = &report.reconnect {
+                eprintln!(
+                    "reconnects: {} closes, {} attempts, {} resumed (close to resumed p99 {}), {} down at the end",
+                    rc.closes.values().sum::<u64>(),
+                    rc.attempts,
+                    rc.resumed,
+                    coordinator::human_us(rc.close_to_resumed.p99_us),
+                    rc.down_at_end
+                );
+            }
+            eprintln!(
+                "load tester CPU: {:.1} s = {:.2} us per event received ({:.2} cores on average)",
+                report.client.cpu_s, report.client.cpu_us_per_event, report.client.cores_avg
+            );
             for p in &report.outcome.problems {
                 eprintln!("problem: {p}");
             }

@@ -487,6 +487,7 @@ pub async fn run(plan: Plan, options: RunOptions) -> Result<Report, RunError> {
         results: &results,
         publish: pub_outcome.as_ref(),
         series: timeline.finish(crate::now_micros()),
+        coordinator_cpu_s: crate::stats::cpu_s(),
     });
     report::write_all(&report, &plan.out_dir).map_err(RunError::Output)?;
     Ok(report)
@@ -519,7 +520,7 @@ fn progress_line(
         Some(s) => (s.events, "-".into()),
         None => (0, "-".into()),
     };
-    let line = format!(
+    let mut line = format!(
         "[{:>5.0}s] {:<5} sockets {}/{}  ev/s {}  p99 {}  conn-err {}  disconn {}  rss {} MiB",
         t0.elapsed().as_secs_f64(),
         phase.name(),
@@ -531,6 +532,12 @@ fn progress_line(
         live.disconnects,
         live.rss_kb / 1024
     );
+    if plan.resume.is_some() {
+        line.push_str(&format!(
+            "  resumed {}  down {}",
+            live.reconnects, live.down
+        ));
+    }
     if tty {
         eprint!("\r\x1b[2K{line}");
     } else {

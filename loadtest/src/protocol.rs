@@ -1,7 +1,8 @@
-//! The client's view of the wire contract (v1): frames a socket sends and
-//! reads (JSON text or MessagePack binary) and the event payload the
-//! publisher stamps. Reading is the hot path, so frames are read borrowed and
-//! padding is skipped, never copied.
+//! The client's view of the wire contract (v2, section 2 frames and section 6
+//! continuity): frames a socket sends and reads (JSON text or MessagePack
+//! binary) and the event payload the publisher stamps. Reading is the hot
+//! path, so frames are read borrowed and padding is skipped, never copied.
+//! Every v2 field is optional, so a v1 server's frames read the same as before.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -123,7 +124,8 @@ impl<'de> Visitor<'de> for DataVisitor {
 
 /// A value that is an unsigned integer or anything else (`None`), read
 /// without failing so a foreign payload never breaks the frame around it.
-struct MaybeU64(Option<u64>);
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaybeU64(pub Option<u64>);
 
 impl<'de> Deserialize<'de> for MaybeU64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -173,6 +175,71 @@ impl<'de> Visitor<'de> for MaybeU64Visitor {
     }
 }
 
+/// A channel's history epoch: an opaque string (section 6). A number is
+/// accepted too and kept as its decimal text, so a server that chose
+/// numeric epochs still compares correctly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Epoch(pub Option<String>);
+
+impl<'de> Deserialize<'de> for Epoch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EpochVisitor)
+    }
+}
+
+struct EpochVisitor;
+
+impl<'de> Visitor<'de> for EpochVisitor {
+    type Value = Epoch;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an epoch (string)")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Epoch, E> {
+        Ok(Epoch(Some(v.to_owned())))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Epoch, E> {
+        Ok(Epoch(Some(String::from_utf8_lossy(v).into_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Epoch, E> {
+        Ok(Epoch(Some(v.to_string())))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Epoch, E> {
+        Ok(Epoch(Some(v.to_string())))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Epoch, E> {
+        Ok(Epoch(None))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Epoch, E> {
+        Ok(Epoch(None))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Epoch, E> {
+        Ok(Epoch(None))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Epoch, E> {
+        Ok(Epoch(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Epoch, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Epoch(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Epoch, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Epoch(None))
+    }
+}
+
+/// A channel position, as in `welcome.position`: `{"offset":12,"epoch":"x1"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Position {
+    /// Top offset of the channel.
+    #[serde(default)]
+    pub offset: MaybeU64,
+    /// Its epoch.
+    #[serde(default)]
+    pub epoch: Epoch,
+}
+
 /// A frame from the gateway, read borrowed where the codec allows.
 #[derive(Debug, Deserialize)]
 pub struct ServerFrame<'a> {
@@ -194,6 +261,25 @@ pub struct ServerFrame<'a> {
     /// Heartbeat seconds of `welcome`.
     #[serde(default)]
     pub heartbeat: Option<u64>,
+    /// Offset of an `event`, position of an `ok` to `subscribe`, or the last
+    /// lost offset of a `resync` (section 6; absent on channels without history).
+    #[serde(default)]
+    pub offset: MaybeU64,
+    /// Epoch of an `ok` or a `resync`.
+    #[serde(default)]
+    pub epoch: Epoch,
+    /// `ok` to a subscribe with `since`, and `welcome` after a resume (user channel).
+    #[serde(default)]
+    pub recovered: Option<bool>,
+    /// `welcome` after a resume: the broadcast channel's outcome.
+    #[serde(default)]
+    pub broadcast_recovered: Option<bool>,
+    /// `welcome`: the user channel's position.
+    #[serde(default)]
+    pub position: Option<Position>,
+    /// `welcome`: the broadcast channel's position.
+    #[serde(default)]
+    pub broadcast_position: Option<Position>,
 }
 
 /// Why a frame could not be read.
@@ -224,6 +310,14 @@ struct Subscribe<'a> {
     kind: &'static str,
     room: &'a str,
     id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<Since<'a>>,
+}
+
+#[derive(Serialize)]
+struct Since<'a> {
+    offset: u64,
+    epoch: &'a str,
 }
 
 /// An encoded client frame: text for JSON, bytes for MessagePack.
@@ -235,17 +329,50 @@ pub enum Outgoing {
     Binary(Vec<u8>),
 }
 
-/// Encodes `{"type":"subscribe","room":..,"id":..}` in the socket's codec.
-pub fn subscribe(codec: Codec, room: &str, id: u64) -> Outgoing {
+/// Encodes `{"type":"subscribe","room":..,"id":..}` in the socket's codec,
+/// with `"since":{"offset":..,"epoch":..}` when resuming.
+pub fn subscribe(codec: Codec, room: &str, id: u64, since: Option<(u64, &str)>) -> Outgoing {
     let frame = Subscribe {
         kind: "subscribe",
         room,
         id,
+        since: since.map(|(offset, epoch)| Since { offset, epoch }),
     };
     match codec {
         Codec::Json => Outgoing::Text(serde_json::to_string(&frame).unwrap_or_default()),
         Codec::Msgpack => Outgoing::Binary(rmp_serde::to_vec_named(&frame).unwrap_or_default()),
     }
+}
+
+/// Percent-encodes a query parameter value (everything but RFC 3986
+/// unreserved characters).
+pub fn query_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The resume query of section 6: `user_offset`/`user_epoch` and
+/// `broadcast_offset`/`broadcast_epoch` for the channels that have a
+/// position (empty when neither has).
+pub fn resume_query(user: Option<(u64, &str)>, broadcast: Option<(u64, &str)>) -> String {
+    let mut parts = Vec::new();
+    if let Some((o, e)) = user {
+        parts.push(format!("user_offset={o}&user_epoch={}", query_escape(e)));
+    }
+    if let Some((o, e)) = broadcast {
+        parts.push(format!(
+            "broadcast_offset={o}&broadcast_epoch={}",
+            query_escape(e)
+        ));
+    }
+    parts.join("&")
 }
 
 /// The subprotocol name offered for a codec.
@@ -326,7 +453,7 @@ mod tests {
         let f = parse_msgpack(&bytes).unwrap();
         assert_eq!(f.channel.as_deref(), Some("user:u1"));
         assert_eq!(f.data, Some(EventData::Ours(p)));
-        let Outgoing::Binary(sub) = subscribe(Codec::Msgpack, "lt-1", 3) else {
+        let Outgoing::Binary(sub) = subscribe(Codec::Msgpack, "lt-1", 3, None) else {
             panic!("binary expected")
         };
         let v: serde_json::Value = rmp_serde::from_slice(&sub).unwrap();
@@ -335,8 +462,75 @@ mod tests {
             serde_json::json!({"type":"subscribe","room":"lt-1","id":3})
         );
         assert_eq!(
-            subscribe(Codec::Json, "lt-1", 3),
+            subscribe(Codec::Json, "lt-1", 3, None),
             Outgoing::Text(r#"{"type":"subscribe","room":"lt-1","id":3}"#.into())
         );
+    }
+
+    #[test]
+    fn reads_v2_offsets_positions_and_resyncs() {
+        let e = parse_json(
+            r#"{"type":"event","channel":"room:lobby","offset":42,"data":{"ts":1,"seq":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.offset, MaybeU64(Some(42)));
+        let ok = parse_json(r#"{"type":"ok","id":1,"offset":57,"epoch":"k3Jd","recovered":true}"#)
+            .unwrap();
+        assert_eq!(
+            (ok.offset.0, ok.epoch.0.as_deref(), ok.recovered),
+            (Some(57), Some("k3Jd"), Some(true))
+        );
+        let r =
+            parse_json(r#"{"type":"resync","channel":"room:lobby","offset":9,"epoch":7}"#).unwrap();
+        assert_eq!((r.kind.as_ref(), r.offset.0), ("resync", Some(9)));
+        assert_eq!(
+            r.epoch.0.as_deref(),
+            Some("7"),
+            "numeric epochs are kept as text"
+        );
+        let w = parse_json(
+            r#"{"type":"welcome","conn":"c","user":"u","node":"n","heartbeat":25,"recovered":false,
+               "broadcast_recovered":true,"position":{"offset":12,"epoch":"x1"},
+               "broadcast_position":{"offset":3,"epoch":"b7"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (w.recovered, w.broadcast_recovered),
+            (Some(false), Some(true))
+        );
+        let p = w.position.unwrap();
+        assert_eq!((p.offset.0, p.epoch.0.as_deref()), (Some(12), Some("x1")));
+        assert_eq!(w.broadcast_position.unwrap().offset.0, Some(3));
+        // v1 frames: no offsets, nothing breaks.
+        let v1 = parse_json(r#"{"type":"ok","id":1}"#).unwrap();
+        assert_eq!(
+            (v1.offset.0, v1.epoch.0.clone(), v1.recovered),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn subscribe_with_since_and_the_resume_query() {
+        assert_eq!(
+            subscribe(Codec::Json, "lobby", 1, Some((41, "k3Jd"))),
+            Outgoing::Text(
+                r#"{"type":"subscribe","room":"lobby","id":1,"since":{"offset":41,"epoch":"k3Jd"}}"#
+                    .into()
+            )
+        );
+        let Outgoing::Binary(b) = subscribe(Codec::Msgpack, "lobby", 1, Some((0, "e"))) else {
+            panic!("binary expected")
+        };
+        let v: serde_json::Value = rmp_serde::from_slice(&b).unwrap();
+        assert_eq!(v["since"], serde_json::json!({"offset":0,"epoch":"e"}));
+        assert_eq!(
+            resume_query(Some((9, "x1")), Some((3, "b/7 +"))),
+            "user_offset=9&user_epoch=x1&broadcast_offset=3&broadcast_epoch=b%2F7%20%2B"
+        );
+        assert_eq!(
+            resume_query(None, Some((3, "b"))),
+            "broadcast_offset=3&broadcast_epoch=b"
+        );
+        assert_eq!(resume_query(None, None), "");
     }
 }

@@ -3,6 +3,9 @@
 //! and send time just before writing, so each channel keeps its order. A
 //! busy lane makes the ticker skip (counted as `behind`) rather than queue,
 //! so no sequence number is burnt and a saturated gateway ends on time.
+//! Where the gateway answers with an offset (`FCALL gw_publish`, HTTP 202
+//! `{"offset":..}`; contract section 6) the lane keeps each channel's
+//! last, so sockets that stayed to the end are owed the tail by offset.
 
 mod http;
 pub mod redis;
@@ -17,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::safety::AddrError;
-use crate::scenario::{PublishPlan, PublishVia, RedisMode};
+use crate::scenario::{PublishPlan, PublishVia, RedisCommand, RedisMode};
 use crate::track::ChannelFinal;
 
 /// Why publishing could not start.
@@ -92,6 +95,12 @@ pub(crate) struct LaneResult {
     pub(crate) sent: u64,
     pub(crate) failed: u64,
     pub(crate) errors: BTreeMap<String, u64>,
+    /// Publishes answered with an offset (> 0).
+    pub(crate) offsets: u64,
+    /// FCALL replies of 0: the channel has no history.
+    pub(crate) no_history: u64,
+    /// Sends repeated after a refusal (MOVED, ASK, CLUSTERDOWN, ...).
+    pub(crate) retried: u64,
 }
 
 /// Per-channel sequence state of one lane.
@@ -109,6 +118,14 @@ impl Seqs {
     /// Marks a handed-out sequence as not published.
     pub(crate) fn failed(&mut self, channel: usize, seq: u64) {
         self.0.entry(channel).or_default().failed.push(seq);
+    }
+
+    /// Records the offset the gateway (or its Redis function) gave an
+    /// event. A lane publishes a channel's events in order, so the last one
+    /// is the channel's top (after a Redis master crash the counter may come
+    /// back lower in a new epoch: the highest ever given would be wrong).
+    pub(crate) fn offset(&mut self, channel: usize, offset: u64) {
+        self.0.entry(channel).or_default().last_offset = Some(offset);
     }
 
     pub(crate) fn into_finals(self) -> Vec<(usize, ChannelFinal)> {
@@ -148,6 +165,16 @@ pub struct PublishOutcome {
     pub failed: u64,
     /// Failures by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Publishes answered with an offset (FCALL, HTTP 202 with `offset`).
+    #[serde(default)]
+    pub offsets: u64,
+    /// FCALL replies of 0 (channel without history).
+    #[serde(default)]
+    pub no_history: u64,
+    /// Sends repeated after Redis refused them for now (MOVED, ASK,
+    /// CLUSTERDOWN, failover): each event is still published at most once.
+    #[serde(default)]
+    pub retried: u64,
     /// Ticks skipped because a lane was still busy (publisher saturated).
     pub behind: u64,
     /// Per rate step.
@@ -199,9 +226,18 @@ impl Publisher {
                 let route = (0..channels.len()).map(|c| c % n).collect();
                 (lanes, route)
             }
-            PublishVia::Redis => {
-                let (nodes, route) = match plan.redis_mode {
-                    RedisMode::Classic => (vec![plan.redis[0]], vec![0; channels.len()]),
+            PublishVia::Redis | PublishVia::Fcall | PublishVia::Spublish | PublishVia::Publish => {
+                let (command, mode) = match plan.via {
+                    PublishVia::Fcall => (RedisCommand::Fcall, plan.redis_mode),
+                    PublishVia::Spublish => (RedisCommand::Spublish, RedisMode::Sharded),
+                    PublishVia::Publish => (RedisCommand::Publish, RedisMode::Classic),
+                    _ => (plan.redis_command, plan.redis_mode),
+                };
+                let (topo, nodes, route) = match mode {
+                    RedisMode::Classic => {
+                        let topo = redis::Topology::single(plan.redis[0]);
+                        (topo, vec![plan.redis[0]], vec![0; channels.len()])
+                    }
                     RedisMode::Sharded => {
                         redis::route_channels(
                             &plan.redis,
@@ -212,11 +248,22 @@ impl Publisher {
                         .await?
                     }
                 };
+                if command == RedisCommand::Fcall {
+                    for &addr in &nodes {
+                        redis::check_function(addr).await?;
+                    }
+                }
                 let mut lanes = Vec::with_capacity(nodes.len());
                 for addr in nodes {
                     lanes.push(Lane::Redis(
-                        redis::RedisLane::connect(addr, plan.redis_mode, &plan.redis_prefix)
-                            .await?,
+                        redis::RedisLane::connect(
+                            addr,
+                            topo.clone(),
+                            command,
+                            &plan.redis_prefix,
+                            allow_remote,
+                        )
+                        .await?,
                     ));
                 }
                 (lanes, route)
@@ -320,6 +367,9 @@ impl Publisher {
             let Ok(r) = t.await else { continue };
             out.sent += r.sent;
             out.failed += r.failed;
+            out.offsets += r.offsets;
+            out.no_history += r.no_history;
+            out.retried += r.retried;
             crate::stats::merge_counts(&mut out.errors, &r.errors);
             for (c, mut fin) in r.finals {
                 fin.failed.sort_unstable();

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::publish::PublishOutcome;
 use crate::scenario::{Plan, Scenario};
-use crate::stats::{self, Percentiles, SlowStats, WorkerResult};
+use crate::stats::{self, ChannelContinuity, Percentiles, SlowStats, WorkerResult};
+use crate::track::OffsetTotals;
 
 /// One second of the run, as seen by the coordinator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,15 @@ pub struct Sample {
     pub max_us: u64,
     /// Resident memory of all workers, KiB.
     pub worker_rss_kb: u64,
+    /// Sockets resumed after a close in this second (the reconnect curve).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Sockets down (between a close and their resume) at the end of it.
+    #[serde(default)]
+    pub down: u64,
+    /// CPU the workers used in this second, in cores.
+    #[serde(default)]
+    pub worker_cpu_cores: f64,
 }
 
 /// The machine the run happened on.
@@ -139,6 +149,16 @@ pub struct EventsReport {
     pub publish_behind: u64,
     /// Accepted events per second of publishing.
     pub publish_rate: f64,
+    /// Publishes answered with an offset (FCALL gw_publish, HTTP 202 `offset`).
+    #[serde(default)]
+    pub publish_offsets: u64,
+    /// FCALL replies of 0: the channel keeps no history.
+    #[serde(default)]
+    pub publish_no_history: u64,
+    /// Sends repeated after Redis refused them for now (MOVED, ASK,
+    /// CLUSTERDOWN, a failing-over master); each event is published once.
+    #[serde(default)]
+    pub publish_retried: u64,
     /// Distinct events received per second of the load phase.
     pub delivered_per_s: f64,
     /// Delivery accounting (received, unique, duplicates, out of order, lost,
@@ -179,6 +199,54 @@ pub struct ChurnReport {
     pub achieved_rate: f64,
 }
 
+/// Continuity by offset (contract section 6): what the gateway numbered,
+/// what a socket received, what it was told it lost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContinuityReport {
+    /// Totals over every socket and channel (flattened into this object).
+    #[serde(flatten)]
+    pub totals: OffsetTotals,
+    /// Lost without a `resync` or `recovered: false` (contract breach).
+    pub lost_silent: u64,
+    /// The same numbers per kind of channel: `room`, `user`, `broadcast`.
+    pub by_kind: BTreeMap<String, OffsetTotals>,
+    /// Channels that got a `resync` or a `recovered: false`: frames, the
+    /// offsets resynced to, resumes not recovered.
+    pub channels: BTreeMap<String, ChannelContinuity>,
+    /// Such channels beyond the listed ones.
+    pub channels_unlisted: u64,
+    /// End-to-end latency of replayed events (publish to receipt, so it
+    /// includes the time the socket was down).
+    pub replay_latency: Percentiles,
+}
+
+/// Reconnects of resume mode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReconnectReport {
+    /// Sockets reconnect after a close (false: accounting only).
+    pub reconnect: bool,
+    /// Backoff unit, seconds.
+    pub backoff_min_s: f64,
+    /// Longest backoff window, seconds.
+    pub backoff_max_s: f64,
+    /// Closes by kind (each close of each socket).
+    pub closes: BTreeMap<String, u64>,
+    /// Reconnect attempts.
+    pub attempts: u64,
+    /// Attempts that resumed a socket.
+    pub resumed: u64,
+    /// Failed attempts by kind.
+    pub failures: BTreeMap<String, u64>,
+    /// Sockets still down when the run stopped.
+    pub down_at_end: u64,
+    /// Time from a close to the socket's resume.
+    pub close_to_resumed: Percentiles,
+    /// Most resumes in one second (the curve is `series[].reconnects`).
+    pub peak_per_s: u64,
+    /// Seconds with at least one resume.
+    pub seconds_with_reconnects: u64,
+}
+
 /// The load generator's own footprint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientReport {
@@ -190,6 +258,27 @@ pub struct ClientReport {
     pub peak_rss_kib: u64,
     /// That divided by the peak of open sockets, bytes.
     pub rss_per_socket_bytes: u64,
+    /// CPU time (user + system, /proc) of the coordinator and every worker, seconds.
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// Of which the workers (the sockets).
+    #[serde(default)]
+    pub workers_cpu_s: f64,
+    /// Of which the coordinator (publisher, progress, report).
+    #[serde(default)]
+    pub coordinator_cpu_s: f64,
+    /// `cpu_s` per event frame received, microseconds.
+    #[serde(default)]
+    pub cpu_us_per_event: f64,
+    /// `workers_cpu_s` per event frame received, microseconds.
+    #[serde(default)]
+    pub workers_cpu_us_per_event: f64,
+    /// `cpu_s` over the wall time: cores the load tester kept busy on average.
+    #[serde(default)]
+    pub cores_avg: f64,
+    /// Busiest second of the workers, cores.
+    #[serde(default)]
+    pub workers_cores_peak: f64,
 }
 
 /// Per-worker summary.
@@ -240,6 +329,12 @@ pub struct Report {
     pub churn: Option<ChurnReport>,
     /// Slow sockets, when there were any.
     pub slow: Option<SlowStats>,
+    /// Continuity by offset, when the gateway sent offsets or resume was on.
+    #[serde(default)]
+    pub continuity: Option<ContinuityReport>,
+    /// Reconnects, in resume mode.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectReport>,
     /// The tool's own footprint.
     pub client: ClientReport,
     /// Per-second series.
@@ -276,6 +371,8 @@ pub struct Inputs<'a> {
     pub publish: Option<&'a PublishOutcome>,
     /// Series.
     pub series: Vec<Sample>,
+    /// CPU seconds of the coordinator process.
+    pub coordinator_cpu_s: f64,
 }
 
 fn per_s(n: u64, s: f64) -> f64 {
@@ -299,6 +396,9 @@ pub fn build(i: Inputs<'_>) -> Report {
         publish_errors: i.publish.map(|p| p.errors.clone()).unwrap_or_default(),
         publish_behind: i.publish.map_or(0, |p| p.behind),
         publish_rate: i.publish.map_or(0.0, |p| per_s(p.sent, p.seconds)),
+        publish_offsets: i.publish.map_or(0, |p| p.offsets),
+        publish_no_history: i.publish.map_or(0, |p| p.no_history),
+        publish_retried: i.publish.map_or(0, |p| p.retried),
         delivered_per_s: per_s(agg.delivery.unique, i.publish.map_or(load_s, |p| p.seconds)),
         delivery: agg.delivery.clone(),
     };
@@ -337,15 +437,79 @@ pub fn build(i: Inputs<'_>) -> Report {
     });
     let slow = (plan.slow_share > 0.0).then(|| agg.slow.clone());
 
+    let totals = agg.continuity.totals();
+    let continuity = (plan.resume.is_some() || totals.socket_channels > 0 || totals.resyncs > 0)
+        .then(|| ContinuityReport {
+            lost_silent: totals.lost_silent(),
+            totals: totals.clone(),
+            by_kind: agg.continuity.by_kind.clone(),
+            channels: agg.continuity.channels.clone(),
+            channels_unlisted: agg.continuity.channels_unlisted,
+            replay_latency: Percentiles::of(&agg.replay_latency),
+        });
+    let reconnecting = plan.resume.as_ref().is_some_and(|r| r.reconnect);
+    let reconnect = plan.resume.as_ref().map(|r| ReconnectReport {
+        reconnect: r.reconnect,
+        backoff_min_s: r.backoff_min.as_secs_f64(),
+        backoff_max_s: r.backoff_max.as_secs_f64(),
+        closes: agg.disconnects.clone(),
+        attempts: agg.reconnect.attempts,
+        resumed: agg.reconnect.resumed,
+        failures: agg.reconnect.failures.clone(),
+        down_at_end: agg.reconnect.down_at_end,
+        close_to_resumed: Percentiles::of(&agg.reconnect.close_to_resumed.to_hist()),
+        peak_per_s: i.series.iter().map(|s| s.reconnects).max().unwrap_or(0),
+        seconds_with_reconnects: i.series.iter().filter(|s| s.reconnects > 0).count() as u64,
+    });
+
     let mut problems = Vec::new();
     if failed > 0 {
         problems.push(format!("{failed} connects failed"));
     }
     let disconnects: u64 = agg.disconnects.values().sum();
-    if disconnects > 0 {
+    if disconnects > 0 && !reconnecting {
         problems.push(format!(
             "{disconnects} sockets were disconnected during the run"
         ));
+    }
+    if agg.reconnect.down_at_end > 0 {
+        problems.push(format!(
+            "{} sockets were still reconnecting when the run stopped",
+            agg.reconnect.down_at_end
+        ));
+    }
+    if let Some(c) = &continuity {
+        let t = &c.totals;
+        if c.lost_silent > 0 {
+            problems.push(format!(
+                "{} events lost by offset without a resync or recovered:false",
+                c.lost_silent
+            ));
+        }
+        if t.lost_announced > 0 {
+            problems.push(format!(
+                "{} events lost by offset, announced by resync / recovered:false",
+                t.lost_announced
+            ));
+        }
+        if t.duplicates > 0 {
+            problems.push(format!("{} duplicate offsets", t.duplicates));
+        }
+        if t.out_of_order > 0 {
+            problems.push(format!("{} out-of-order offsets", t.out_of_order));
+        }
+        if t.not_recovered > 0 {
+            problems.push(format!(
+                "{} resumes answered recovered:false",
+                t.not_recovered
+            ));
+        }
+        if t.anomalies > 0 {
+            problems.push(format!(
+                "{} continuity anomalies (recovered into another epoch, offsets going back)",
+                t.anomalies
+            ));
+        }
     }
     if events.delivery.lost > 0 {
         problems.push(format!(
@@ -383,6 +547,14 @@ pub fn build(i: Inputs<'_>) -> Report {
     }
 
     let peak_open = agg.peak_open.max(1);
+    let cpu_s = agg.cpu_s + i.coordinator_cpu_s;
+    let per_event = |cpu: f64| {
+        if agg.delivery.delivered > 0 {
+            cpu * 1e6 / agg.delivery.delivered as f64
+        } else {
+            0.0
+        }
+    };
     Report {
         tool: format!("gateway-loadtest {}", env!("CARGO_PKG_VERSION")),
         name: plan.name.clone(),
@@ -417,11 +589,28 @@ pub fn build(i: Inputs<'_>) -> Report {
         steps,
         churn,
         slow,
+        continuity,
+        reconnect,
         client: ClientReport {
             workers: plan.workers,
             worker_threads: plan.worker_threads,
             peak_rss_kib: agg.peak_rss_kb,
             rss_per_socket_bytes: agg.peak_rss_kb * 1024 / peak_open,
+            cpu_s,
+            workers_cpu_s: agg.cpu_s,
+            coordinator_cpu_s: i.coordinator_cpu_s,
+            cpu_us_per_event: per_event(cpu_s),
+            workers_cpu_us_per_event: per_event(agg.cpu_s),
+            cores_avg: if i.wall_s > 0.0 {
+                cpu_s / i.wall_s
+            } else {
+                0.0
+            },
+            workers_cores_peak: i
+                .series
+                .iter()
+                .map(|s| s.worker_cpu_cores)
+                .fold(0.0, f64::max),
         },
         series: i.series,
         workers: i
@@ -450,6 +639,10 @@ pub fn write_all(report: &Report, dir: &Path) -> std::io::Result<()> {
     std::fs::write(
         dir.join("throughput.svg"),
         svg::throughput_chart(&report.series),
+    )?;
+    std::fs::write(
+        dir.join("reconnects.svg"),
+        svg::reconnects_chart(&report.series),
     )?;
     Ok(())
 }

@@ -73,8 +73,29 @@ pub enum TokenIn {
 pub enum PublishVia {
     /// `POST /api/publish` with an API key.
     Http,
-    /// Redis `SPUBLISH` (sharded, slot-routed) or `PUBLISH` (classic).
+    /// Redis `SPUBLISH` (sharded, slot-routed) or `PUBLISH` (classic), as
+    /// `--redis-mode` says.
     Redis,
+    /// Redis `FCALL gw_publish 1 <prefix><channel> <payload>` (contract
+    /// section 6: history and an offset per event), slot-routed.
+    Fcall,
+    /// Redis `SPUBLISH` (= `redis` with `--redis-mode sharded`).
+    Spublish,
+    /// Redis `PUBLISH` (= `redis` with `--redis-mode classic`).
+    Publish,
+}
+
+/// The Redis command a Redis publisher sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisCommand {
+    /// `SPUBLISH <channel> <payload>`.
+    #[default]
+    Spublish,
+    /// `PUBLISH <channel> <payload>`.
+    Publish,
+    /// `FCALL gw_publish 1 <channel> <payload>`, returning the offset.
+    Fcall,
 }
 
 /// Redis publish command family.
@@ -228,6 +249,22 @@ pub struct Settings {
     /// Output directory (default loadtest-results/<name>-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Resume mode: after any close a socket reconnects (with jittered
+    /// backoff, to another target when its node is gone) and resumes every
+    /// channel from the last offset it saw (`--resume` alone means true).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub resume: Option<bool>,
+    /// With --resume: reconnect after a close (default true). `false` keeps
+    /// the resume-mode accounting but a closed socket stays closed.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reconnect: Option<bool>,
+    /// Reconnect backoff unit: attempt n waits a random time in
+    /// [0, min(max, min x 2^n)] (full jitter). Default 50ms.
+    #[arg(long)]
+    pub reconnect_min: Option<Dur>,
+    /// Longest reconnect backoff window. Default 2s.
+    #[arg(long)]
+    pub reconnect_max: Option<Dur>,
 }
 
 macro_rules! overlay_fields {
@@ -258,7 +295,7 @@ impl Settings {
             rate_steps, step_duration, publish_target, publish_via, publish_url, api_key,
             publishers, redis, redis_mode, redis_prefix, payload_bytes, churn_rate,
             churn_hold, slow_share, workers, sockets_per_worker, worker_threads,
-            source_ips, out)
+            source_ips, out, resume, reconnect, reconnect_min, reconnect_max)
     }
 }
 
@@ -291,8 +328,12 @@ impl fmt::Debug for AuthPlan {
 /// The publisher's part of a plan.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PublishPlan {
-    /// HTTP or Redis.
+    /// HTTP or Redis (`fcall`, `spublish` and `publish` become `redis` with
+    /// their [`RedisCommand`]).
     pub via: PublishVia,
+    /// The Redis command (via = redis).
+    #[serde(default)]
+    pub redis_command: RedisCommand,
     /// Which channels receive events.
     pub target: PublishTarget,
     /// Rates in events/s: one entry for a constant rate, several for steps.
@@ -321,6 +362,7 @@ impl fmt::Debug for PublishPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublishPlan")
             .field("via", &self.via)
+            .field("redis_command", &self.redis_command)
             .field("target", &self.target)
             .field("steps", &self.steps)
             .field("step_duration", &self.step_duration)
@@ -328,6 +370,20 @@ impl fmt::Debug for PublishPlan {
             .field("redis", &self.redis)
             .finish_non_exhaustive()
     }
+}
+
+/// Resume mode (contract section 6).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumePlan {
+    /// Reconnect after a close; false = track offsets and resyncs, but a
+    /// closed socket stays closed.
+    pub reconnect: bool,
+    /// Backoff unit: attempt n waits uniformly in [0, min(max, min x 2^n)].
+    #[serde(with = "dur::as_secs")]
+    pub backoff_min: Duration,
+    /// Longest backoff window.
+    #[serde(with = "dur::as_secs")]
+    pub backoff_max: Duration,
 }
 
 /// Churn parameters.
@@ -387,6 +443,9 @@ pub struct Plan {
     pub churn: Option<ChurnPlan>,
     /// Share of sockets that stop reading.
     pub slow_share: f64,
+    /// Resume mode, when on.
+    #[serde(default)]
+    pub resume: Option<ResumePlan>,
     /// Worker processes.
     pub workers: u64,
     /// Runtime threads per worker.
@@ -689,16 +748,50 @@ impl Plan {
             if target == PublishTarget::Rooms && rooms == 0 {
                 problems.push("rooms: publishing to rooms needs rooms >= 1".into());
             }
-            let via = s.publish_via.unwrap_or(if s.redis.is_some() {
+            let asked = s.publish_via.unwrap_or(if s.redis.is_some() {
                 PublishVia::Redis
             } else {
                 PublishVia::Http
             });
+            let (via, redis_command, implied_mode) = match asked {
+                PublishVia::Http => (PublishVia::Http, RedisCommand::Spublish, None),
+                PublishVia::Redis => match s.redis_mode.unwrap_or(RedisMode::Sharded) {
+                    RedisMode::Sharded => (PublishVia::Redis, RedisCommand::Spublish, None),
+                    RedisMode::Classic => (PublishVia::Redis, RedisCommand::Publish, None),
+                },
+                PublishVia::Fcall => (PublishVia::Redis, RedisCommand::Fcall, None),
+                PublishVia::Spublish => (
+                    PublishVia::Redis,
+                    RedisCommand::Spublish,
+                    Some(RedisMode::Sharded),
+                ),
+                PublishVia::Publish => (
+                    PublishVia::Redis,
+                    RedisCommand::Publish,
+                    Some(RedisMode::Classic),
+                ),
+            };
+            if let (Some(implied), Some(given)) = (implied_mode, s.redis_mode)
+                && implied != given
+            {
+                problems.push(format!(
+                    "redis_mode: `{}` contradicts publish_via `{}`",
+                    match given {
+                        RedisMode::Sharded => "sharded",
+                        RedisMode::Classic => "classic",
+                    },
+                    match asked {
+                        PublishVia::Spublish => "spublish",
+                        _ => "publish",
+                    }
+                ));
+            }
+            let redis_mode = implied_mode.or(s.redis_mode).unwrap_or(RedisMode::Sharded);
             let payload_bytes = s.payload_bytes.unwrap_or(0);
             bound(&mut problems, "payload_bytes", payload_bytes, 0, 1 << 20);
             let publishers = s.publishers.unwrap_or(match via {
                 PublishVia::Http => 4,
-                PublishVia::Redis => 1,
+                _ => 1,
             });
             bound(&mut problems, "publishers", publishers, 1, 64);
             let mut http = None;
@@ -734,7 +827,7 @@ impl Plan {
                         ),
                     }
                 }
-                PublishVia::Redis => {
+                _ => {
                     for a in s.redis.clone().unwrap_or_default() {
                         match safety::parse_redis_addr(&a, allow_remote) {
                             Ok(addr) => redis.push(addr),
@@ -749,6 +842,7 @@ impl Plan {
             }
             Some(PublishPlan {
                 via,
+                redis_command,
                 target,
                 steps: steps.clone(),
                 step_duration: if stepped { step_duration } else { load_phase },
@@ -757,7 +851,7 @@ impl Plan {
                 api_key,
                 publishers,
                 redis,
-                redis_mode: s.redis_mode.unwrap_or(RedisMode::Sharded),
+                redis_mode,
                 redis_prefix: s.redis_prefix.clone().unwrap_or_else(|| "gw:".into()),
             })
         } else {
@@ -766,6 +860,41 @@ impl Plan {
 
         let slow_share = s.slow_share.unwrap_or(d.slow_share);
         bound(&mut problems, "slow_share", slow_share, 0.0, 0.9);
+
+        let resume = if s.resume.unwrap_or(false) {
+            let backoff_min = s.reconnect_min.map_or(Duration::from_millis(50), |d| d.0);
+            let backoff_max = s.reconnect_max.map_or(Duration::from_secs(2), |d| d.0);
+            bound(
+                &mut problems,
+                "reconnect_min (s)",
+                backoff_min.as_secs_f64(),
+                0.001,
+                60.0,
+            );
+            bound(
+                &mut problems,
+                "reconnect_max (s)",
+                backoff_max.as_secs_f64(),
+                backoff_min.as_secs_f64(),
+                600.0,
+            );
+            Some(ResumePlan {
+                reconnect: s.reconnect.unwrap_or(true),
+                backoff_min,
+                backoff_max,
+            })
+        } else {
+            for (set, key) in [
+                (s.reconnect.is_some(), "reconnect"),
+                (s.reconnect_min.is_some(), "reconnect_min"),
+                (s.reconnect_max.is_some(), "reconnect_max"),
+            ] {
+                if set {
+                    problems.push(format!("{key}: only applies with resume = true (--resume)"));
+                }
+            }
+            None
+        };
 
         // Sockets a run may hold at once: the base plus the churning ones.
         let peak = sockets
@@ -904,6 +1033,7 @@ impl Plan {
             publish,
             churn,
             slow_share,
+            resume,
             workers,
             worker_threads,
             source_ips,

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::track::OffsetTotals;
+
 /// Highest recordable latency, microseconds (one hour); larger values saturate.
 pub const HIST_HIGH_US: u64 = 3_600_000_000;
 
@@ -141,6 +143,114 @@ pub struct SlowStats {
     pub endings: BTreeMap<String, u64>,
 }
 
+/// Most channels listed by name in [`Continuity::channels`]; the rest are
+/// counted in `channels_unlisted` (their numbers are still in the totals).
+pub const MAX_LISTED_CHANNELS: usize = 1000;
+/// Most distinct resync offsets listed per channel.
+pub const MAX_RESYNC_OFFSETS: usize = 32;
+
+/// What one channel's sockets were told about continuity: `resync` frames
+/// (how many, at which offsets) and resumes answered `recovered: false`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelContinuity {
+    /// `resync` frames received on this channel (all sockets).
+    pub resync_frames: u64,
+    /// Frames per resync offset (the last offset declared lost).
+    pub resync_offsets: BTreeMap<u64, u64>,
+    /// Resumes of this channel answered `recovered: false`.
+    pub not_recovered: u64,
+}
+
+impl ChannelContinuity {
+    /// Adds `o` into `self`, keeping at most [`MAX_RESYNC_OFFSETS`] offsets
+    /// (the frames of the others still count in `resync_frames`).
+    pub fn add(&mut self, o: &ChannelContinuity) {
+        self.resync_frames += o.resync_frames;
+        self.not_recovered += o.not_recovered;
+        for (&off, &n) in &o.resync_offsets {
+            if self.resync_offsets.len() < MAX_RESYNC_OFFSETS
+                || self.resync_offsets.contains_key(&off)
+            {
+                *self.resync_offsets.entry(off).or_default() += n;
+            }
+        }
+    }
+}
+
+/// Continuity by offset (contract section 6), per kind of channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuity {
+    /// `room`, `user`, `broadcast` -> totals over sockets.
+    pub by_kind: BTreeMap<String, OffsetTotals>,
+    /// Channels that got a `resync` or a `recovered: false`, by wire name.
+    pub channels: BTreeMap<String, ChannelContinuity>,
+    /// Such channels not listed (past [`MAX_LISTED_CHANNELS`]).
+    pub channels_unlisted: u64,
+}
+
+impl Continuity {
+    /// Sum over every kind.
+    pub fn totals(&self) -> OffsetTotals {
+        let mut t = OffsetTotals::default();
+        for v in self.by_kind.values() {
+            t.add(v);
+        }
+        t
+    }
+
+    /// Adds one channel's notice.
+    pub fn add_channel(&mut self, name: &str, c: &ChannelContinuity) {
+        if let Some(e) = self.channels.get_mut(name) {
+            e.add(c);
+        } else if self.channels.len() < MAX_LISTED_CHANNELS {
+            let mut e = ChannelContinuity::default();
+            e.add(c);
+            self.channels.insert(name.to_owned(), e);
+        } else {
+            self.channels_unlisted += 1;
+        }
+    }
+
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &Continuity) {
+        for (k, v) in &o.by_kind {
+            self.by_kind.entry(k.clone()).or_default().add(v);
+        }
+        for (k, v) in &o.channels {
+            self.add_channel(k, v);
+        }
+        self.channels_unlisted += o.channels_unlisted;
+    }
+}
+
+/// Reconnects of resume mode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReconnectStats {
+    /// Reconnect attempts (each TCP + upgrade + welcome + subscribe).
+    pub attempts: u64,
+    /// Attempts that resumed the socket (welcome and room `ok` read).
+    pub resumed: u64,
+    /// Failed attempts by kind (`tcp_econnrefused`, `http_503`, ...).
+    pub failures: BTreeMap<String, u64>,
+    /// Sockets still down (between a close and a resume) when the run stopped.
+    pub down_at_end: u64,
+    /// Time from a socket's close to its resume, microseconds.
+    pub close_to_resumed: HistWire,
+}
+
+impl ReconnectStats {
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &ReconnectStats) {
+        self.attempts += o.attempts;
+        self.resumed += o.resumed;
+        merge_counts(&mut self.failures, &o.failures);
+        self.down_at_end += o.down_at_end;
+        let mut h = self.close_to_resumed.to_hist();
+        o.close_to_resumed.add_to(&mut h);
+        self.close_to_resumed = HistWire::from_hist(&h);
+    }
+}
+
 /// Adds counts of `b` into `a`.
 pub fn merge_counts(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
     for (k, v) in b {
@@ -187,6 +297,18 @@ pub struct WorkerResult {
     pub peak_rss_kb: u64,
     /// Why the worker stopped: `coordinator`, `deadline` or `stdin_closed`.
     pub stopped_by: String,
+    /// Continuity by offset: loss, duplicates, order, resyncs, recoveries.
+    #[serde(default)]
+    pub continuity: Continuity,
+    /// Reconnects (resume mode).
+    #[serde(default)]
+    pub reconnect: ReconnectStats,
+    /// End-to-end latency of the events replayed after a recovered resume.
+    #[serde(default)]
+    pub replay_latency: HistWire,
+    /// CPU time (user + system) of the worker process, seconds.
+    #[serde(default)]
+    pub cpu_s: f64,
 }
 
 /// A worker's one-second report.
@@ -210,6 +332,15 @@ pub struct Progress {
     pub interval: HistWire,
     /// Resident memory now, KiB.
     pub rss_kb: u64,
+    /// Sockets resumed after a close so far (resume mode).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Sockets down now, between a close and their resume.
+    #[serde(default)]
+    pub down: u64,
+    /// CPU time of the worker so far, seconds.
+    #[serde(default)]
+    pub cpu_s: f64,
 }
 
 /// All workers' results folded into one.
@@ -249,6 +380,14 @@ pub struct Aggregate {
     pub ramp_last_us: u64,
     /// Sum of worker peak resident memory, KiB.
     pub peak_rss_kb: u64,
+    /// Continuity by offset.
+    pub continuity: Continuity,
+    /// Reconnects.
+    pub reconnect: ReconnectStats,
+    /// Latency of replayed events.
+    pub replay_latency: Histogram<u64>,
+    /// CPU seconds of all workers.
+    pub cpu_s: f64,
 }
 
 impl Aggregate {
@@ -289,6 +428,10 @@ pub fn aggregate(results: &[WorkerResult]) -> Aggregate {
         ramp_first_us: 0,
         ramp_last_us: 0,
         peak_rss_kb: 0,
+        continuity: Continuity::default(),
+        reconnect: ReconnectStats::default(),
+        replay_latency: new_hist(),
+        cpu_s: 0.0,
     };
     for r in results {
         a.planned += r.planned;
@@ -316,8 +459,33 @@ pub fn aggregate(results: &[WorkerResult]) -> Aggregate {
         }
         a.ramp_last_us = a.ramp_last_us.max(r.ramp_last_us);
         a.peak_rss_kb += r.peak_rss_kb;
+        a.continuity.add(&r.continuity);
+        a.reconnect.add(&r.reconnect);
+        r.replay_latency.add_to(&mut a.replay_latency);
+        a.cpu_s += r.cpu_s;
     }
     a
+}
+
+/// CPU time (user + system, all threads) of this process, seconds, from
+/// `/proc/self/stat` (Linux; 0 elsewhere). Clock ticks are USER_HZ, which
+/// Linux fixes at 100 for this interface.
+pub fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat_cpu(&s))
+        .unwrap_or(0.0)
+}
+
+/// utime + stime of a `/proc/PID/stat` line, seconds.
+pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after the last `)`; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Resident memory of this process, KiB (Linux; 0 elsewhere).
@@ -351,6 +519,52 @@ mod tests {
         for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
             assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
         }
+    }
+
+    #[test]
+    fn cpu_time_comes_from_the_stat_line() {
+        let line = "4242 (gate way) (x) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100";
+        assert_eq!(parse_stat_cpu(line), Some(3.0));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        // This process has run a little by now.
+        assert!(cpu_s() >= 0.0);
+    }
+
+    #[test]
+    fn continuity_merges_kinds_channels_and_bounds_the_list() {
+        let mut a = Continuity::default();
+        let mut rs = ChannelContinuity {
+            resync_frames: 2,
+            ..ChannelContinuity::default()
+        };
+        rs.resync_offsets.insert(57, 2);
+        a.add_channel("room:a", &rs);
+        a.by_kind.insert(
+            "room".into(),
+            OffsetTotals {
+                lost: 3,
+                lost_announced: 1,
+                ..OffsetTotals::default()
+            },
+        );
+        let mut b = a.clone();
+        b.by_kind.insert(
+            "user".into(),
+            OffsetTotals {
+                lost: 1,
+                ..OffsetTotals::default()
+            },
+        );
+        a.add(&b);
+        assert_eq!(a.channels["room:a"].resync_frames, 4);
+        assert_eq!(a.channels["room:a"].resync_offsets[&57], 4);
+        let t = a.totals();
+        assert_eq!((t.lost, t.lost_announced, t.lost_silent()), (7, 2, 5));
+        for i in 0..(MAX_LISTED_CHANNELS + 5) {
+            a.add_channel(&format!("room:x{i}"), &rs);
+        }
+        assert_eq!(a.channels.len(), MAX_LISTED_CHANNELS);
+        assert_eq!(a.channels_unlisted, 6);
     }
 
     #[test]

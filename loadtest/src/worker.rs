@@ -20,7 +20,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::scenario::Plan;
-use crate::stats::{self, Delivery, HistWire, Progress, SlowStats, WorkerResult};
+use crate::stats::{
+    self, ChannelContinuity, Continuity, Delivery, HistWire, Progress, ReconnectStats, SlowStats,
+    WorkerResult,
+};
 use crate::token::{Minter, TokenEntry};
 use crate::track::ChannelFinal;
 
@@ -97,6 +100,8 @@ pub(crate) struct StopInfo {
 struct Live {
     interval: Histogram<u64>,
     steps: Vec<Histogram<u64>>,
+    /// Events replayed after a recovered resume (whole run).
+    replay: Histogram<u64>,
 }
 
 /// Everything recorded once per socket.
@@ -107,6 +112,10 @@ struct Cold {
     connect_errors: BTreeMap<String, u64>,
     disconnects: BTreeMap<String, u64>,
     delivery: Delivery,
+    continuity: Continuity,
+    reconnect_failures: BTreeMap<String, u64>,
+    close_to_resumed: Option<Histogram<u64>>,
+    down_at_end: u64,
     slow: SlowStats,
     churn_closed: u64,
     ramp_first_us: u64,
@@ -126,6 +135,9 @@ pub(crate) struct Stats {
     disconnects: AtomicU64,
     churn_opened: AtomicU64,
     peak_rss_kb: AtomicU64,
+    reconnect_attempts: AtomicU64,
+    resumed: AtomicU64,
+    down: AtomicU64,
     live: Mutex<Live>,
     cold: Mutex<Cold>,
 }
@@ -141,9 +153,13 @@ impl Stats {
             disconnects: AtomicU64::new(0),
             churn_opened: AtomicU64::new(0),
             peak_rss_kb: AtomicU64::new(0),
+            reconnect_attempts: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            down: AtomicU64::new(0),
             live: Mutex::new(Live {
                 interval: stats::new_hist(),
                 steps: Vec::new(),
+                replay: stats::new_hist(),
             }),
             cold: Mutex::new(Cold::default()),
         }
@@ -154,10 +170,14 @@ impl Stats {
         self.cold.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records one event's end-to-end latency.
-    pub(crate) fn record_event(&self, latency_us: u64, step: u32) {
+    /// Records one event's end-to-end latency (`replayed`: delivered as
+    /// the replay of a recovered resume).
+    pub(crate) fn record_event(&self, latency_us: u64, step: u32, replayed: bool) {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         stats::record(&mut live.interval, latency_us);
+        if replayed {
+            stats::record(&mut live.replay, latency_us);
+        }
         let step = step as usize;
         if step < MAX_STEPS {
             while live.steps.len() <= step {
@@ -220,8 +240,55 @@ impl Stats {
         self.cold().churn_closed += 1;
     }
 
-    pub(crate) fn add_delivery(&self, d: &Delivery) {
-        self.cold().delivery.add(d);
+    pub(crate) fn add_result(&self, (d, c): (Delivery, Continuity)) {
+        let mut cold = self.cold();
+        cold.delivery.add(&d);
+        cold.continuity.add(&c);
+    }
+
+    /// A continuity notice on a channel: a `resync` (with its offset) or a
+    /// resume answered `recovered: false`.
+    pub(crate) fn notice(&self, channel: &str, resync: Option<u64>, not_recovered: bool) {
+        let mut c = ChannelContinuity::default();
+        if let Some(o) = resync {
+            c.resync_frames = 1;
+            c.resync_offsets.insert(o, 1);
+        }
+        c.not_recovered = u64::from(not_recovered);
+        self.cold().continuity.add_channel(channel, &c);
+    }
+
+    pub(crate) fn went_down(&self) {
+        self.down.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn came_up(&self) {
+        self.down.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reconnect_attempt(&self) {
+        self.reconnect_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reconnect_failed(&self, kind: String) {
+        *self.cold().reconnect_failures.entry(kind).or_default() += 1;
+    }
+
+    /// A socket is back: welcome and room `ok` read, `us` after its close.
+    pub(crate) fn resumed(&self, us: u64) {
+        self.resumed.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_open.fetch_max(open, Ordering::Relaxed);
+        stats::record(
+            self.cold()
+                .close_to_resumed
+                .get_or_insert_with(stats::new_hist),
+            us,
+        );
+    }
+
+    pub(crate) fn down_at_end(&self) {
+        self.cold().down_at_end += 1;
     }
 
     pub(crate) fn slow_ended(&self, events: u64, ending: String) {
@@ -422,6 +489,9 @@ async fn run(spec: WorkerSpec) {
                     disconnects: s.disconnects.load(Ordering::Relaxed),
                     interval: HistWire::from_hist(&interval),
                     rss_kb: rss,
+                    reconnects: s.resumed.load(Ordering::Relaxed),
+                    down: s.down.load(Ordering::Relaxed),
+                    cpu_s: stats::cpu_s(),
                 };
                 if out.send(WorkerMsg::Progress(p)).is_err() {
                     return;
@@ -549,15 +619,17 @@ async fn run(spec: WorkerSpec) {
         stats::new_hist(),
     );
     total.add(ctx.stats.take_interval()).ok();
-    let steps = ctx
-        .stats
-        .live
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .steps
-        .iter()
-        .map(HistWire::from_hist)
-        .collect();
+    let (steps, replay_latency) = {
+        let live = ctx
+            .stats
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (
+            live.steps.iter().map(HistWire::from_hist).collect(),
+            HistWire::from_hist(&live.replay),
+        )
+    };
     let s = &ctx.stats;
     let mut cold = std::mem::take(&mut *s.cold());
     if unfinished > 0 {
@@ -593,6 +665,20 @@ async fn run(spec: WorkerSpec) {
         ramp_last_us: cold.ramp_last_us,
         peak_rss_kb: peak_rss,
         stopped_by: stopped_by.to_owned(),
+        continuity: cold.continuity,
+        reconnect: ReconnectStats {
+            attempts: s.reconnect_attempts.load(Ordering::Relaxed),
+            resumed: s.resumed.load(Ordering::Relaxed),
+            failures: cold.reconnect_failures,
+            down_at_end: cold.down_at_end,
+            close_to_resumed: cold
+                .close_to_resumed
+                .as_ref()
+                .map(HistWire::from_hist)
+                .unwrap_or_default(),
+        },
+        replay_latency,
+        cpu_s: stats::cpu_s(),
     };
     let _ = out_tx.send(WorkerMsg::Result(Box::new(result)));
     drop(out_tx);

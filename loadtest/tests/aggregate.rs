@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use gateway_loadtest::publish::PublishOutcome;
 use gateway_loadtest::report::{self, Inputs, Sample};
 use gateway_loadtest::scenario::{Plan, Scenario, Settings};
-use gateway_loadtest::stats::{self, Delivery, HistWire, WorkerResult, aggregate};
-use gateway_loadtest::track::SeqTracker;
+use gateway_loadtest::stats::{
+    self, ChannelContinuity, Continuity, Delivery, HistWire, ReconnectStats, WorkerResult,
+    aggregate,
+};
+use gateway_loadtest::track::{OffsetTracker, PositionKind, SeqTracker};
 
 fn hist_of(values: impl IntoIterator<Item = u64>) -> HistWire {
     let mut h = stats::new_hist();
@@ -165,6 +168,7 @@ fn the_report_names_problems_and_writes_its_files() {
         results: &[w0, w1],
         publish: Some(&publish),
         series,
+        coordinator_cpu_s: 0.5,
     });
     assert_eq!(r.sockets.failed, 1);
     assert_eq!(r.events.delivery.lost, 1);
@@ -207,4 +211,177 @@ fn the_report_names_problems_and_writes_its_files() {
         "{md}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One worker whose sockets resumed across a reconnect: socket A recovered
+/// (replayed 4..6), socket B was told recovered:false after 2, then resynced.
+fn resuming_worker(id: u64) -> WorkerResult {
+    let mut a = OffsetTracker::default();
+    a.position(0, Some("e"), PositionKind::Start);
+    for o in 1..=3 {
+        a.event(o);
+    }
+    a.position(6, Some("e"), PositionKind::Resumed(Some(true)));
+    for o in 4..=8 {
+        a.event(o);
+    }
+    let mut b = OffsetTracker::default();
+    b.position(0, Some("e"), PositionKind::Start);
+    b.event(1);
+    b.event(2);
+    b.position(5, Some("e"), PositionKind::Resumed(Some(false)));
+    b.event(6);
+    b.resync(7, Some("e"));
+    b.event(8);
+    let mut c = Continuity::default();
+    let room = c.by_kind.entry("room".into()).or_default();
+    room.add(&a.finish(Some(8)));
+    room.add(&b.finish(Some(8)));
+    let mut notice = ChannelContinuity {
+        resync_frames: 1,
+        not_recovered: 1,
+        ..ChannelContinuity::default()
+    };
+    notice.resync_offsets.insert(7, 1);
+    c.add_channel("room:lt-0", &notice);
+    let mut w = worker(id, 1..100, &[&[1, 2, 3, 4, 5, 6, 7, 8]], 8);
+    w.delivery.delivered = 1000;
+    w.continuity = c;
+    w.disconnects = counts(&[("close_1012", 2)]);
+    w.reconnect = ReconnectStats {
+        attempts: 3,
+        resumed: 2,
+        failures: counts(&[("tcp_econnrefused", 1)]),
+        down_at_end: 0,
+        close_to_resumed: hist_of([100_000, 300_000]),
+    };
+    w.replay_latency = hist_of([200_000, 250_000, 400_000]);
+    w.cpu_s = 0.75;
+    w
+}
+
+#[test]
+fn resume_runs_report_continuity_reconnects_and_client_cpu() {
+    let dir = std::env::temp_dir().join(format!("lt-resume-report-{}", std::process::id()));
+    let s = Settings {
+        secret: Some("s".into()),
+        api_key: Some("k".into()),
+        sockets: Some(2),
+        resume: Some(true),
+        out: Some(dir.clone()),
+        ..Settings::default()
+    };
+    let plan = Plan::build(Some(Scenario::Fanout), s, false, &|_| None).unwrap();
+    let series: Vec<Sample> = [0u64, 3, 1, 0]
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| Sample {
+            t_s: i as f64 + 1.0,
+            phase: "load".into(),
+            reconnects: r,
+            worker_cpu_cores: 0.1 * i as f64,
+            ..Sample::default()
+        })
+        .collect();
+    let publish = PublishOutcome {
+        sent: 8,
+        offsets: 8,
+        seconds: 1.0,
+        ..PublishOutcome::default()
+    };
+    let r = report::build(Inputs {
+        plan: &plan,
+        command: "gateway-loadtest fanout --resume".into(),
+        started_unix: 1,
+        wall_s: 4.0,
+        ramp_s: 0.1,
+        load_s: 1.0,
+        grace_s: 0.5,
+        interrupted: false,
+        ramp_timed_out: false,
+        notes: vec![],
+        results: &[resuming_worker(0), resuming_worker(1)],
+        publish: Some(&publish),
+        series,
+        coordinator_cpu_s: 0.5,
+    });
+    let c = r.continuity.as_ref().expect("continuity section");
+    // Per worker: A lost nothing; B lost 3, 4, 5 (announced by recovered:false)
+    // and 7 (announced by the resync).
+    assert_eq!(
+        (c.totals.lost, c.totals.lost_announced, c.lost_silent),
+        (8, 8, 0)
+    );
+    assert_eq!(
+        (c.totals.recovered, c.totals.not_recovered, c.totals.resyncs),
+        (2, 2, 2)
+    );
+    assert_eq!(c.totals.replayed, 6);
+    assert_eq!(c.channels["room:lt-0"].resync_offsets[&7], 2);
+    assert_eq!(c.replay_latency.count, 6);
+    let rc = r.reconnect.as_ref().expect("reconnect section");
+    assert_eq!(
+        (
+            rc.attempts,
+            rc.resumed,
+            rc.peak_per_s,
+            rc.seconds_with_reconnects
+        ),
+        (6, 4, 3, 2)
+    );
+    assert_eq!(rc.closes, counts(&[("close_1012", 4)]));
+    assert_eq!(rc.failures, counts(&[("tcp_econnrefused", 2)]));
+    assert_eq!(rc.close_to_resumed.count, 4);
+    // Closes are expected in resume mode; announced loss and recovered:false are not.
+    let problems = r.outcome.problems.join("; ");
+    assert!(!problems.contains("disconnected"), "{problems}");
+    assert!(problems.contains("announced"), "{problems}");
+    assert!(problems.contains("recovered:false"), "{problems}");
+    assert!(!problems.contains("without a resync"), "{problems}");
+    // CPU: 2 x 0.75 s workers + 0.5 s coordinator over 2000 event frames.
+    assert!((r.client.cpu_s - 2.0).abs() < 1e-9);
+    assert!((r.client.cpu_us_per_event - 1000.0).abs() < 1e-6);
+    assert!((r.client.workers_cpu_us_per_event - 750.0).abs() < 1e-6);
+    assert!((r.client.cores_avg - 0.5).abs() < 1e-9);
+    assert!((r.client.workers_cores_peak - 0.3).abs() < 1e-9);
+
+    report::write_all(&r, &dir).unwrap();
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    for want in [
+        "Continuity by offset",
+        "Reconnects (resume mode)",
+        "`room:lt-0`",
+        "µs per event received",
+    ] {
+        assert!(md.contains(want), "{want} missing:\n{md}");
+    }
+    assert!(dir.join("reconnects.svg").is_file());
+    let back: report::Report =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(back.continuity, r.continuity);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_without_offsets_has_no_continuity_section() {
+    let dir = std::env::temp_dir().join(format!("lt-v1-report-{}", std::process::id()));
+    let plan = test_plan(dir.clone());
+    let r = report::build(Inputs {
+        plan: &plan,
+        command: "gateway-loadtest fanout".into(),
+        started_unix: 1,
+        wall_s: 1.0,
+        ramp_s: 0.1,
+        load_s: 1.0,
+        grace_s: 0.5,
+        interrupted: false,
+        ramp_timed_out: false,
+        notes: vec![],
+        results: &[worker(0, 1..10, &[&[1, 2, 3]], 3)],
+        publish: None,
+        series: vec![],
+        coordinator_cpu_s: 0.0,
+    });
+    assert!(r.continuity.is_none() && r.reconnect.is_none());
+    assert!(r.outcome.problems.is_empty(), "{:?}", r.outcome.problems);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gateway_loadtest::dur::Dur;
 use gateway_loadtest::scenario::{
-    Codec, Plan, PublishTarget, PublishVia, RedisMode, Scenario, Settings, TokenIn,
+    Codec, Plan, PublishTarget, PublishVia, RedisCommand, RedisMode, Scenario, Settings, TokenIn,
 };
 
 fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -252,6 +252,90 @@ fn a_tokens_file_replaces_the_secret() {
     let err = Plan::build(Some(Scenario::Connect), s, false, &env(&[])).unwrap_err();
     assert!(err.problems.iter().any(|p| p.starts_with("tokens_file")));
     assert!(!err.problems.iter().any(|p| p.starts_with("secret")));
+}
+
+#[test]
+fn resume_mode_and_the_publish_command_come_from_flags_or_files() {
+    let file = Settings::from_toml(
+        r#"
+scenario = "fanout"
+secret = "s"
+resume = true
+reconnect = false
+reconnect_min = "100ms"
+publish_via = "fcall"
+redis = ["127.0.0.1:7000"]
+"#,
+    )
+    .unwrap();
+    let plan = Plan::build(None, no_config().overlay(file), false, &env(&[])).unwrap();
+    let r = plan.resume.as_ref().expect("resume plan");
+    assert!(!r.reconnect);
+    assert_eq!(r.backoff_min, Duration::from_millis(100));
+    assert_eq!(r.backoff_max, Duration::from_secs(2));
+    let p = plan.publish.as_ref().unwrap();
+    assert_eq!(
+        (p.via, p.redis_command, p.redis_mode),
+        (PublishVia::Redis, RedisCommand::Fcall, RedisMode::Sharded)
+    );
+
+    // `--resume` alone on the command line means true; publish/spublish imply the mode.
+    use clap::Parser;
+    let cli = gateway_loadtest::cli::Cli::try_parse_from([
+        "gateway-loadtest",
+        "fanout",
+        "--resume",
+        "--publish-via",
+        "publish",
+        "--redis",
+        "127.0.0.1:7000",
+        "--secret",
+        "s",
+    ])
+    .unwrap();
+    let gateway_loadtest::cli::Cmd::Fanout(args) = cli.command else {
+        panic!("fanout expected")
+    };
+    assert_eq!(args.settings.resume, Some(true));
+    let plan = Plan::build(Some(Scenario::Fanout), args.settings, false, &env(&[])).unwrap();
+    assert!(plan.resume.as_ref().is_some_and(|r| r.reconnect));
+    let p = plan.publish.unwrap();
+    assert_eq!(
+        (p.redis_command, p.redis_mode),
+        (RedisCommand::Publish, RedisMode::Classic)
+    );
+
+    // Contradictions and resume-only keys without resume are named.
+    let bad = Settings {
+        secret: Some("s".into()),
+        publish_via: Some(PublishVia::Spublish),
+        redis_mode: Some(RedisMode::Classic),
+        redis: Some(vec!["127.0.0.1:7000".into()]),
+        reconnect: Some(false),
+        reconnect_max: Some(Dur(Duration::from_secs(1))),
+        ..Settings::default()
+    };
+    let err = Plan::build(Some(Scenario::Fanout), bad, false, &env(&[])).unwrap_err();
+    let all = err.problems.join("\n");
+    assert!(all.contains("redis_mode"), "{all}");
+    assert!(all.contains("reconnect: only applies with resume"), "{all}");
+    assert!(
+        all.contains("reconnect_max: only applies with resume"),
+        "{all}"
+    );
+    let tight = Settings {
+        secret: Some("s".into()),
+        resume: Some(true),
+        reconnect_min: Some(Dur(Duration::from_secs(3))),
+        reconnect_max: Some(Dur(Duration::from_secs(1))),
+        ..Settings::default()
+    };
+    let err = Plan::build(Some(Scenario::Connect), tight, false, &env(&[])).unwrap_err();
+    assert!(
+        err.problems.iter().any(|p| p.starts_with("reconnect_max")),
+        "{:?}",
+        err.problems
+    );
 }
 
 #[test]

@@ -23,6 +23,12 @@ pub struct Gauges {
     pub disconnects: u64,
     /// Resident memory, KiB.
     pub rss_kb: u64,
+    /// Sockets resumed after a close so far.
+    pub reconnects: u64,
+    /// Sockets down now (between a close and their resume).
+    pub down: u64,
+    /// CPU time so far, milliseconds.
+    pub cpu_ms: u64,
 }
 
 impl Gauges {
@@ -33,6 +39,9 @@ impl Gauges {
             connect_errors: p.connect_errors,
             disconnects: p.disconnects,
             rss_kb: p.rss_kb,
+            reconnects: p.reconnects,
+            down: p.down,
+            cpu_ms: (p.cpu_s * 1000.0) as u64,
         }
     }
 
@@ -42,6 +51,9 @@ impl Gauges {
         self.connect_errors += o.connect_errors;
         self.disconnects += o.disconnects;
         self.rss_kb += o.rss_kb;
+        self.reconnects += o.reconnects;
+        self.down += o.down;
+        self.cpu_ms += o.cpu_ms;
     }
 }
 
@@ -63,6 +75,8 @@ pub struct Timeline {
     latest: Vec<Gauges>,
     /// `(first bucket, phase name)`, ascending.
     phases: Vec<(u64, String)>,
+    /// Sum of the gauges at the last closed bucket (for per-second deltas).
+    prev: Gauges,
     next: u64,
     samples: Vec<Sample>,
 }
@@ -76,6 +90,7 @@ impl Timeline {
             carried: vec![Gauges::default(); workers],
             latest: vec![Gauges::default(); workers],
             phases: vec![(0, "ramp".into())],
+            prev: Gauges::default(),
             next: 0,
             samples: Vec::new(),
         }
@@ -152,7 +167,11 @@ impl Timeline {
             p999_us: p.p999_us,
             max_us: p.max_us,
             worker_rss_kb: sum.rss_kb,
+            reconnects: sum.reconnects.saturating_sub(self.prev.reconnects),
+            down: sum.down,
+            worker_cpu_cores: sum.cpu_ms.saturating_sub(self.prev.cpu_ms) as f64 / 1000.0,
         });
+        self.prev = sum;
     }
 
     /// Closes every bucket that ended at least [`LAG_S`] seconds before
@@ -234,6 +253,26 @@ mod tests {
             (1, 25, "load")
         );
         assert_eq!(s[1].t_s, 2.0);
+    }
+
+    #[test]
+    fn reconnects_and_cpu_become_per_second_deltas() {
+        let start = 1_000_000_000;
+        let mut t = Timeline::new(start, 2);
+        let mut a = line(0, 1.0, 10, &[]);
+        (a.reconnects, a.down, a.cpu_s) = (5, 2, 0.5);
+        let mut b = line(1, 1.0, 10, &[]);
+        (b.reconnects, b.down, b.cpu_s) = (1, 0, 0.25);
+        t.progress(&a);
+        t.progress(&b);
+        let mut a2 = line(0, 2.0, 12, &[]);
+        (a2.reconnects, a2.down, a2.cpu_s) = (9, 0, 1.5);
+        t.progress(&a2);
+        let s = t.finish(start + 2_000_000);
+        assert_eq!((s[0].reconnects, s[0].down), (6, 2));
+        assert_eq!((s[1].reconnects, s[1].down), (4, 0));
+        assert!((s[0].worker_cpu_cores - 0.75).abs() < 1e-9);
+        assert!((s[1].worker_cpu_cores - 1.0).abs() < 1e-9);
     }
 
     #[test]

@@ -154,6 +154,15 @@ pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
     })
 }
 
+/// The `offset` of a publish reply body, if it has one.
+pub fn body_offset(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        offset: Option<u64>,
+    }
+    serde_json::from_slice::<Accepted>(body).ok()?.offset
+}
+
 impl HttpLane {
     pub(crate) async fn connect(base: &HttpBase, api_key: &str) -> Result<HttpLane, PublishError> {
         let conn = open(base).await?;
@@ -165,9 +174,13 @@ impl HttpLane {
     }
 
     /// Writes `bodies` as pipelined requests and reads their responses in
-    /// order. Each outcome is a status code, or a failure kind for requests
-    /// whose response never came.
-    async fn post_batch(&mut self, bodies: &[String]) -> Vec<Result<u16, &'static str>> {
+    /// order. Each outcome is a status code and the `offset` of the body (a
+    /// v2 gateway's 202 `{"ok":true,"offset":58}`), or a failure kind for
+    /// requests whose response never came.
+    async fn post_batch(
+        &mut self,
+        bodies: &[String],
+    ) -> Vec<Result<(u16, Option<u64>), &'static str>> {
         if self.conn.is_none() {
             match open(&self.base).await {
                 Ok(c) => self.conn = Some(c),
@@ -189,7 +202,7 @@ impl HttpLane {
         for _ in bodies {
             match tokio::time::timeout(RESPONSE_TIMEOUT, read_response(r)).await {
                 Ok(Ok(resp)) => {
-                    out.push(Ok(resp.status));
+                    out.push(Ok((resp.status, body_offset(&resp.body))));
                     if resp.close {
                         self.conn = None;
                         break;
@@ -280,12 +293,18 @@ impl HttpLane {
             }
             for (&(c, s), outcome) in batch.iter().zip(self.post_batch(&bodies).await) {
                 match outcome {
-                    Ok(status) if (200..300).contains(&status) => out.sent += 1,
+                    Ok((status, offset)) if (200..300).contains(&status) => {
+                        out.sent += 1;
+                        if let Some(o) = offset.filter(|&o| o > 0) {
+                            seqs.offset(c, o);
+                            out.offsets += 1;
+                        }
+                    }
                     other => {
                         seqs.failed(c, s);
                         out.failed += 1;
                         let kind = match other {
-                            Ok(status) => format!("http_{status}"),
+                            Ok((status, _)) => format!("http_{status}"),
                             Err(kind) => kind.to_owned(),
                         };
                         *out.errors.entry(kind).or_default() += 1;
@@ -318,6 +337,13 @@ HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r
         let c = read_response(&mut r).await.unwrap();
         assert_eq!((c.status, c.body.len(), c.close), (503, 0, true));
         assert!(read_response(&mut r).await.is_err());
+    }
+
+    #[test]
+    fn replies_may_carry_the_offset() {
+        assert_eq!(body_offset(br#"{"ok":true,"offset":58}"#), Some(58));
+        assert_eq!(body_offset(br#"{"ok":true}"#), None);
+        assert_eq!(body_offset(b"not json"), None);
     }
 
     #[test]

@@ -7,6 +7,25 @@ use std::fmt::Write as _;
 use super::Report;
 use crate::coordinator::human_us;
 use crate::stats::Percentiles;
+use crate::track::OffsetTotals;
+
+fn offset_row(name: &str, t: &OffsetTotals) -> String {
+    format!(
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        t.socket_channels,
+        t.events,
+        t.lost,
+        t.lost_announced,
+        t.lost_silent(),
+        t.duplicates,
+        t.out_of_order,
+        t.resyncs,
+        t.epoch_changes,
+        t.recovered,
+        t.not_recovered,
+        t.replayed
+    )
+}
 
 fn counts(m: &BTreeMap<String, u64>) -> String {
     if m.is_empty() {
@@ -163,13 +182,128 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "- publish failures: {}; publisher behind: {}; foreign events: {}; sockets with loss: {}\n",
+        "- publish failures: {}; publisher behind: {}; foreign events: {}; sockets with loss: {}",
         counts(&e.publish_errors),
         e.publish_behind,
         e.delivery.foreign,
         e.delivery.sockets_with_loss
     );
+    let _ = writeln!(
+        s,
+        "- publishes answered with an offset: {}; without history (offset 0): {}; re-sent after a redirect or failover: {}\n",
+        e.publish_offsets, e.publish_no_history, e.publish_retried
+    );
 
+    if let Some(c) = &r.continuity {
+        let _ = writeln!(s, "## Continuity by offset (contract section 6)\n");
+        if c.totals.socket_channels == 0 && c.totals.resyncs == 0 {
+            let _ = writeln!(
+                s,
+                "No event carried an offset and no position was given: the gateway keeps no \
+                 history for these channels (or implements contract v1). Loss above is by the \
+                 publisher's sequence numbers only.\n"
+            );
+        }
+        s.push_str(
+            "| kind | socket-channels | events with offset | lost | announced | silent | duplicates | out of order | resyncs | epoch changes | recovered | not recovered | replayed |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (k, t) in &c.by_kind {
+            s.push_str(&offset_row(k, t));
+        }
+        s.push_str(&offset_row("**all**", &c.totals));
+        let _ = writeln!(
+            s,
+            "\n- lost = owed after the position the socket learnt (subscribe `ok`, `welcome`, `resync`) \
+             and never received; announced = covered by a `resync` or a resume answered \
+             `recovered: false`; silent = the rest (the contract allows none)"
+        );
+        if c.replay_latency.count > 0 {
+            let p = &c.replay_latency;
+            let _ = writeln!(
+                s,
+                "- replayed events: {}, latency from publish (includes the time down) p50 {}, p99 {}, max {}",
+                p.count,
+                human_us(p.p50_us),
+                human_us(p.p99_us),
+                human_us(p.max_us)
+            );
+        }
+        if !c.channels.is_empty() {
+            let mut chans: Vec<_> = c.channels.iter().collect();
+            chans.sort_by(|a, b| b.1.resync_frames.cmp(&a.1.resync_frames).then(a.0.cmp(b.0)));
+            let _ = writeln!(
+                s,
+                "\n| channel | resync frames | resync offsets (frames) | resumes not recovered |\n|---|---:|---|---:|"
+            );
+            for (name, ch) in chans.iter().take(30) {
+                let offs: Vec<String> = ch
+                    .resync_offsets
+                    .iter()
+                    .map(|(o, n)| format!("{o} ({n})"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "| `{name}` | {} | {} | {} |",
+                    ch.resync_frames,
+                    if offs.is_empty() {
+                        "-".into()
+                    } else {
+                        offs.join(", ")
+                    },
+                    ch.not_recovered
+                );
+            }
+            if chans.len() > 30 || c.channels_unlisted > 0 {
+                let _ = writeln!(
+                    s,
+                    "\n({} more channels in result.json, {} not listed)",
+                    chans.len().saturating_sub(30),
+                    c.channels_unlisted
+                );
+            }
+        }
+        s.push('\n');
+    }
+    if let Some(rc) = &r.reconnect {
+        let _ = writeln!(s, "## Reconnects (resume mode)\n");
+        let _ = writeln!(
+            s,
+            "- reconnect: {}; backoff full jitter, attempt n waits in [0, min({}s, {}s x 2^n)]",
+            if rc.reconnect {
+                "on"
+            } else {
+                "off (accounting only)"
+            },
+            rc.backoff_max_s,
+            rc.backoff_min_s
+        );
+        let _ = writeln!(s, "- closes: {}", counts(&rc.closes));
+        let _ = writeln!(
+            s,
+            "- attempts {}, resumed {}, failed attempts: {}; still down at the end: {}",
+            rc.attempts,
+            rc.resumed,
+            counts(&rc.failures),
+            rc.down_at_end
+        );
+        let p = &rc.close_to_resumed;
+        if p.count > 0 {
+            let _ = writeln!(
+                s,
+                "- close to resumed: p50 {}, p90 {}, p99 {}, max {}",
+                human_us(p.p50_us),
+                human_us(p.p90_us),
+                human_us(p.p99_us),
+                human_us(p.max_us)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "- most resumes in one second: {}; seconds with resumes: {} ([reconnects.svg](reconnects.svg))\n",
+            rc.peak_per_s, rc.seconds_with_reconnects
+        );
+    }
     if r.steps.len() > 1 {
         let _ = writeln!(s, "## Rate steps\n");
         s.push_str(
@@ -211,14 +345,28 @@ pub fn render(r: &Report) -> String {
     let c = &r.client;
     let _ = writeln!(
         s,
-        "## Load generator\n\n- {} workers, peak RSS {:.1} MiB in total ({} B per socket)\n",
+        "## Load generator\n\n- {} workers, peak RSS {:.1} MiB in total ({} B per socket)",
         c.workers,
         c.peak_rss_kib as f64 / 1024.0,
         c.rss_per_socket_bytes
     );
     let _ = writeln!(
         s,
-        "## Charts\n\n![latency](latency.svg)\n\n![sockets](sockets.svg)\n\n![throughput](throughput.svg)"
+        "- CPU (user + system): {:.1} s ({:.1} s workers, {:.1} s coordinator) = **{:.2} µs per event received** \
+         ({:.2} µs in the workers); {:.2} cores on average over the run, busiest second of the workers {:.2} cores \
+         of {} on this machine\n",
+        c.cpu_s,
+        c.workers_cpu_s,
+        c.coordinator_cpu_s,
+        c.cpu_us_per_event,
+        c.workers_cpu_us_per_event,
+        c.cores_avg,
+        c.workers_cores_peak,
+        r.machine.cores
+    );
+    let _ = writeln!(
+        s,
+        "## Charts\n\n![latency](latency.svg)\n\n![sockets](sockets.svg)\n\n![throughput](throughput.svg)\n\n![reconnects](reconnects.svg)"
     );
     s
 }

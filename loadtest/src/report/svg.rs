@@ -354,6 +354,45 @@ pub fn throughput_chart(series: &[Sample]) -> String {
     )
 }
 
+/// The reconnect curve: sockets resumed per second, sockets down, and the
+/// workers' CPU (cores x 100, so "the client was the limit" shows).
+pub fn reconnects_chart(series: &[Sample]) -> String {
+    let lines = [
+        Series {
+            name: "resumed/s",
+            color: "#2ca02c",
+            points: series
+                .iter()
+                .map(|s| (s.t_s, Some(s.reconnects as f64)))
+                .collect(),
+        },
+        Series {
+            name: "down",
+            color: "#d62728",
+            points: series
+                .iter()
+                .map(|s| (s.t_s, Some(s.down as f64)))
+                .collect(),
+        },
+        Series {
+            name: "tester CPU %",
+            color: "#7f7f7f",
+            points: series
+                .iter()
+                .map(|s| (s.t_s, Some(s.worker_cpu_cores * 100.0)))
+                .collect(),
+        },
+    ];
+    line_chart(
+        "Reconnects per second, sockets down, load-tester CPU",
+        "sockets",
+        &lines,
+        &phase_marks(series),
+        false,
+        &human,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +422,7 @@ mod tests {
             latency_chart(&series),
             sockets_chart(&series),
             throughput_chart(&series),
+            reconnects_chart(&series),
         ] {
             assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
             assert!(svg.contains("<polyline"));

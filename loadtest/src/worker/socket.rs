@@ -3,6 +3,14 @@
 //! stops, its churn hold ends, or the server closes it. Counters merge into
 //! the worker's stats once, at the end; slow sockets read nothing until the
 //! end, then drain to learn how the gateway treated them.
+//!
+//! In resume mode a closed socket comes back: it waits a full-jitter backoff,
+//! reconnects (to another target when its node went away: 1001, 1012, 1011
+//! or a transport failure) and resumes every channel from the last offset it
+//! saw (contract section 6): `user_offset`/`user_epoch` and
+//! `broadcast_offset`/`broadcast_epoch` in the upgrade URL, `since` on the
+//! room's `subscribe`. Its trackers live across reconnects, so loss,
+//! duplicates and order are judged over the socket's whole life.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -25,9 +33,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::{Ctx, StopInfo};
 use crate::now_micros;
 use crate::protocol::{self, BadFrame, EventData, Outgoing, ServerFrame};
-use crate::scenario::TokenIn;
-use crate::stats::Delivery;
-use crate::track::{Seen, SeqTracker};
+use crate::scenario::{ResumePlan, TokenIn};
+use crate::stats::{Continuity, Delivery};
+use crate::track::{OffsetTracker, PositionKind, Seen, SeqTracker};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -55,18 +63,27 @@ struct SocketState {
     /// Wire names: `room:<r>`, `user:<sub>`, `broadcast`.
     channels: [Option<String>; 3],
     trackers: [SeqTracker; 3],
-    /// When each channel became live for this socket (unix micros).
+    /// Offsets and epochs (contract section 6), across reconnects.
+    offsets: [OffsetTracker; 3],
+    /// This connection resumes the channel (sent its position).
+    resuming: [bool; 3],
+    /// When each channel first became live for this socket (unix micros).
     joined_us: [u64; 3],
     delivered: u64,
     foreign: u64,
+    /// Index into the plan's targets.
+    target: usize,
 }
 
 const ROOM: usize = 0;
 const USER: usize = 1;
 const BROADCAST: usize = 2;
+const KINDS: [&str; 3] = ["room", "user", "broadcast"];
+/// Request id of the room subscribe.
+const SUB_ID: u64 = 1;
 
 impl SocketState {
-    fn new(room: Option<String>) -> SocketState {
+    fn new(room: Option<String>, target: usize) -> SocketState {
         SocketState {
             channels: [
                 room.map(|r| format!("room:{r}")),
@@ -74,9 +91,12 @@ impl SocketState {
                 Some("broadcast".to_owned()),
             ],
             trackers: Default::default(),
+            offsets: Default::default(),
+            resuming: [false; 3],
             joined_us: [0; 3],
             delivered: 0,
             foreign: 0,
+            target,
         }
     }
 
@@ -89,6 +109,11 @@ impl SocketState {
         }
     }
 
+    fn channel_index(&self, channel: Option<&str>) -> Option<usize> {
+        let c = channel?;
+        self.channels.iter().position(|k| k.as_deref() == Some(c))
+    }
+
     fn frame(&mut self, ctx: &Ctx, parsed: Result<ServerFrame<'_>, BadFrame>) -> Handled {
         let Ok(f) = parsed else {
             self.foreign += 1;
@@ -96,14 +121,50 @@ impl SocketState {
         };
         match f.kind.as_ref() {
             "event" => {
-                self.event(ctx, f.channel.as_deref(), f.data);
+                self.event(ctx, f.channel.as_deref(), f.offset.0, f.data);
                 Handled::Event
             }
-            "welcome" => Handled::Welcome,
-            "ok" => Handled::Reply {
-                id: f.id.unwrap_or(0),
-                error: None,
-            },
+            "welcome" => {
+                let user = f
+                    .position
+                    .as_ref()
+                    .map(|p| (p.offset.0, p.epoch.0.as_deref()));
+                let bc = f
+                    .broadcast_position
+                    .as_ref()
+                    .map(|p| (p.offset.0, p.epoch.0.as_deref()));
+                for (i, pos, recovered) in [
+                    (USER, user, f.recovered),
+                    (BROADCAST, bc, f.broadcast_recovered),
+                ] {
+                    if let Some((Some(offset), epoch)) = pos {
+                        self.position(ctx, i, offset, epoch, recovered);
+                    }
+                }
+                Handled::Welcome
+            }
+            "ok" => {
+                let id = f.id.unwrap_or(0);
+                if id == SUB_ID
+                    && let Some(offset) = f.offset.0
+                {
+                    self.position(ctx, ROOM, offset, f.epoch.0.as_deref(), f.recovered);
+                }
+                Handled::Reply { id, error: None }
+            }
+            "resync" => {
+                if let (Some(i), Some(offset)) =
+                    (self.channel_index(f.channel.as_deref()), f.offset.0)
+                {
+                    self.offsets[i].resync(offset, f.epoch.0.as_deref());
+                    if let Some(name) = &self.channels[i] {
+                        ctx.stats.notice(name, Some(offset), false);
+                    }
+                } else {
+                    self.foreign += 1;
+                }
+                Handled::Other
+            }
             "error" => Handled::Reply {
                 id: f.id.unwrap_or(0),
                 error: Some(f.code.as_deref().unwrap_or("error").to_owned()),
@@ -112,33 +173,68 @@ impl SocketState {
         }
     }
 
-    fn event(&mut self, ctx: &Ctx, channel: Option<&str>, data: Option<EventData>) {
+    /// A channel position from `welcome` or a subscribe `ok`.
+    fn position(
+        &mut self,
+        ctx: &Ctx,
+        i: usize,
+        offset: u64,
+        epoch: Option<&str>,
+        recovered: Option<bool>,
+    ) {
+        let kind = if self.resuming[i] {
+            PositionKind::Resumed(recovered)
+        } else {
+            PositionKind::Start
+        };
+        self.offsets[i].position(offset, epoch, kind);
+        if self.resuming[i]
+            && recovered != Some(true)
+            && let Some(name) = &self.channels[i]
+        {
+            ctx.stats.notice(name, None, true);
+        }
+    }
+
+    fn event(
+        &mut self,
+        ctx: &Ctx,
+        channel: Option<&str>,
+        offset: Option<u64>,
+        data: Option<EventData>,
+    ) {
         let now = now_micros();
         self.delivered += 1;
+        let Some(i) = self.channel_index(channel) else {
+            self.foreign += 1;
+            return;
+        };
+        let replayed = offset.is_some_and(|o| self.offsets[i].event(o).replayed);
         let Some(EventData::Ours(p)) = data else {
             self.foreign += 1;
             return;
         };
-        let Some(i) =
-            channel.and_then(|c| self.channels.iter().position(|k| k.as_deref() == Some(c)))
-        else {
-            self.foreign += 1;
-            return;
-        };
         if self.trackers[i].observe(p.seq) != Seen::Duplicate {
-            ctx.stats.record_event(now.saturating_sub(p.ts), p.step);
+            ctx.stats
+                .record_event(now.saturating_sub(p.ts), p.step, replayed);
         }
+    }
+
+    /// The position to resume channel `i` from, if it has one.
+    fn resume_point(&self, i: usize) -> Option<(u64, &str)> {
+        self.offsets[i].resume_point()
     }
 
     /// Folds the trackers into delivery numbers. `stayed`: the socket was
     /// open when the run stopped, so events up to each channel's last
-    /// sequence were owed to it.
-    fn finish(&self, info: Option<&StopInfo>, stayed: bool) -> Delivery {
+    /// sequence (and offset) were owed to it.
+    fn finish(&self, info: Option<&StopInfo>, stayed: bool) -> (Delivery, Continuity) {
         let mut d = Delivery {
             delivered: self.delivered,
             foreign: self.foreign,
             ..Delivery::default()
         };
+        let mut c = Continuity::default();
         let mut lost = 0;
         for (i, ch) in self.channels.iter().enumerate() {
             let Some(ch) = ch else { continue };
@@ -146,7 +242,8 @@ impl SocketState {
             d.unique += t.unique();
             d.duplicates += t.duplicates();
             d.out_of_order += t.out_of_order();
-            lost += match info.and_then(|s| s.finals.get(ch).map(|f| (s, f))) {
+            let fin = info.and_then(|s| s.finals.get(ch).map(|f| (s, f)));
+            lost += match fin {
                 Some((s, fin)) => {
                     let joined = self.joined_us[i];
                     let from = (s.t_go_us > 0 && joined > 0 && joined < s.t_go_us).then_some(1);
@@ -154,11 +251,70 @@ impl SocketState {
                 }
                 None => t.lost(None, None, &[]),
             };
+            if self.offsets[i].active() {
+                let tail = fin.and_then(|(_, f)| f.last_offset).filter(|_| stayed);
+                c.by_kind
+                    .entry(KINDS[i].to_owned())
+                    .or_default()
+                    .add(&self.offsets[i].finish(tail));
+            }
         }
         d.lost = lost;
         d.sockets_with_loss = u64::from(lost > 0);
-        d
+        (d, c)
     }
+}
+
+/// A small PRNG (splitmix64) for backoff jitter and target choice.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Full-jitter backoff: attempt `n` (from 1) waits uniformly in
+/// `[0, min(max, min x 2^n)]`.
+fn backoff(r: &ResumePlan, attempt: u32, rng: &mut Rng) -> Duration {
+    let unit = r.backoff_min.as_micros() as u64;
+    let window = unit
+        .saturating_mul(1u64 << attempt.min(30))
+        .min(r.backoff_max.as_micros() as u64);
+    Duration::from_micros(rng.below(window + 1))
+}
+
+/// Whether a close or failure means the node is going or gone, so the next
+/// attempt should go to another target: drain (1001, 1012), internal error
+/// (1011), or a transport failure. Application closes (4008, 1008, ...) keep
+/// the target.
+fn node_gone(kind: &str) -> bool {
+    match kind.strip_prefix("close_") {
+        Some(code) => matches!(code, "1001" | "1012" | "1011" | "none"),
+        None => true,
+    }
+}
+
+/// Picks another target, uniformly among the others, so one node's sockets
+/// spread over the rest instead of piling onto its neighbour.
+fn other_target(current: usize, targets: usize, rng: &mut Rng) -> usize {
+    if targets <= 1 {
+        return current;
+    }
+    (current + 1 + rng.below(targets as u64 - 1) as usize) % targets
 }
 
 /// Names an I/O failure by errno where it tells something (ports, files).
@@ -270,18 +426,29 @@ async fn read_until(
     }
 }
 
-/// Connects, upgrades, reads `welcome`, subscribes. Returns the socket and
-/// the connect and subscribe latencies (microseconds).
+/// Connects, upgrades, reads `welcome`, subscribes; with `resume`, sends
+/// every channel's position. Returns the socket and the connect and
+/// subscribe latencies (microseconds).
 async fn setup(
     ctx: &Ctx,
     job: &Job,
     state: &mut SocketState,
+    resume: bool,
 ) -> Result<(Ws, u64, Option<u64>), String> {
     let plan = &ctx.plan;
     let t0 = Instant::now();
     let (token, sub) = credentials(ctx, job.idx)?;
     state.channels[USER] = Some(format!("user:{sub}"));
-    let target = &plan.targets[(job.idx % plan.targets.len() as u64) as usize];
+    let target = &plan.targets[state.target % plan.targets.len()];
+    let mut query = String::new();
+    state.resuming = [false; 3];
+    if resume {
+        let user = state.resume_point(USER);
+        let bc = state.resume_point(BROADCAST);
+        let flags = [false, user.is_some(), bc.is_some()];
+        query = protocol::resume_query(user, bc);
+        state.resuming = flags;
+    }
     let src = (!plan.source_ips.is_empty())
         .then(|| plan.source_ips[(job.idx % plan.source_ips.len() as u64) as usize]);
 
@@ -292,13 +459,15 @@ async fn setup(
     .await
     .map_err(|_| "timeout_tcp".to_owned())??;
 
-    let url = match plan.token_in {
-        TokenIn::Query => {
-            let sep = if target.url.contains('?') { '&' } else { '?' };
-            format!("{}{sep}token={token}", target.url)
-        }
-        TokenIn::Header => target.url.clone(),
-    };
+    let mut url = target.url.clone();
+    if plan.token_in == TokenIn::Query {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{sep}token={token}");
+    }
+    if !query.is_empty() {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{sep}{query}");
+    }
     let mut request = url
         .into_client_request()
         .map_err(|_| "bad_request".to_owned())?;
@@ -325,21 +494,32 @@ async fn setup(
     .await?;
     let connect_us = t0.elapsed().as_micros() as u64;
     let now = now_micros();
-    state.joined_us[USER] = now;
-    state.joined_us[BROADCAST] = now;
+    for i in [USER, BROADCAST] {
+        if state.joined_us[i] == 0 {
+            state.joined_us[i] = now;
+        }
+    }
 
     let Some(room) = plan.socket_room(job.idx) else {
         return Ok((ws, connect_us, None));
     };
     let t1 = Instant::now();
-    send(&mut ws, protocol::subscribe(plan.codec, &room, 1))
-        .await
-        .map_err(|e| ws_error_kind(&e))?;
+    let since = if resume {
+        state.resume_point(ROOM)
+    } else {
+        None
+    };
+    let frame = protocol::subscribe(plan.codec, &room, SUB_ID, since);
+    state.resuming[ROOM] = since.is_some();
+    send(&mut ws, frame).await.map_err(|e| ws_error_kind(&e))?;
     let deadline = Instant::now() + plan.connect_timeout;
     read_until(&mut ws, ctx, state, deadline, "subscribe", |h| match h {
-        Handled::Reply { id: 1, error: None } => Some(Ok(())),
         Handled::Reply {
-            id: 1,
+            id: SUB_ID,
+            error: None,
+        } => Some(Ok(())),
+        Handled::Reply {
+            id: SUB_ID,
             error: Some(code),
         } => Some(Err(format!("subscribe_{code}"))),
         Handled::Reply {
@@ -349,7 +529,9 @@ async fn setup(
         _ => None,
     })
     .await?;
-    state.joined_us[ROOM] = now_micros();
+    if state.joined_us[ROOM] == 0 {
+        state.joined_us[ROOM] = now_micros();
+    }
     Ok((ws, connect_us, Some(t1.elapsed().as_micros() as u64)))
 }
 
@@ -374,19 +556,21 @@ enum End {
     Lost(String),
 }
 
-/// Runs one socket from connect to close.
+/// Runs one socket from connect to close (and, in resume mode, through
+/// every reconnect).
 pub(crate) async fn run(ctx: Arc<Ctx>, job: Job, permit: OwnedSemaphorePermit) {
     let mut stop = ctx.stop.clone();
     ctx.stats.connect_started(now_micros(), job.base);
-    let mut state = SocketState::new(ctx.plan.socket_room(job.idx));
+    let first_target = (job.idx % ctx.plan.targets.len().max(1) as u64) as usize;
+    let mut state = SocketState::new(ctx.plan.socket_room(job.idx), first_target);
     // Boxed: the handshake's state is large and needed only once; inline, it
     // would stay in every socket task's future for the socket's whole life.
-    let setup = tokio::select! {
-        r = Box::pin(setup(&ctx, &job, &mut state)) => Some(r),
+    let setup_result = tokio::select! {
+        r = Box::pin(setup(&ctx, &job, &mut state, false)) => Some(r),
         _ = stop.wait_for(Option::is_some) => None,
     };
     drop(permit);
-    let (mut ws, connect_us, subscribe_us) = match setup {
+    let (mut ws, connect_us, subscribe_us) = match setup_result {
         Some(Ok(v)) => v,
         Some(Err(kind)) => {
             ctx.stats.connect_failed(kind);
@@ -418,42 +602,101 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: Job, permit: OwnedSemaphorePermit) {
         return;
     }
 
+    let reconnect = ctx.plan.resume.clone().filter(|r| r.reconnect);
+    let mut rng = Rng::new(job.idx.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ now_micros());
     // Registered once: a fresh watch future per event would cost a lock each.
     let stopped = stop.wait_for(Option::is_some);
     tokio::pin!(stopped);
     let hold_until = job.hold.map(|h| Instant::now() + h);
     let hold = tokio::time::sleep_until(hold_until.unwrap_or_else(Instant::now));
     tokio::pin!(hold);
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = &mut stopped => break End::Stop,
-            _ = &mut hold, if hold_until.is_some() => break End::Hold,
-            m = ws.next() => match m {
-                Some(Ok(m)) => {
-                    if let Handled::Closed(kind) = state.handle(&ctx, m) {
-                        break End::Lost(kind);
+    loop {
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break End::Stop,
+                _ = &mut hold, if hold_until.is_some() => break End::Hold,
+                m = ws.next() => match m {
+                    Some(Ok(m)) => {
+                        if let Handled::Closed(kind) = state.handle(&ctx, m) {
+                            break End::Lost(kind);
+                        }
                     }
+                    Some(Err(e)) => break End::Lost(ws_error_kind(&e)),
+                    None => break End::Lost("eof".into()),
+                },
+            }
+        };
+        let kind = match end {
+            End::Stop => {
+                let info = ctx.stop.borrow().clone();
+                ctx.stats.add_result(state.finish(info.as_deref(), true));
+                Box::pin(close(&mut ws)).await;
+                break;
+            }
+            End::Hold => {
+                ctx.stats.add_result(state.finish(None, false));
+                Box::pin(close(&mut ws)).await;
+                ctx.stats.churn_closed();
+                break;
+            }
+            End::Lost(kind) => kind,
+        };
+        ctx.stats.disconnected(kind.clone());
+        ctx.stats.closed();
+        let Some(r) = &reconnect else {
+            ctx.stats.add_result(state.finish(None, false));
+            return;
+        };
+        // Resume mode: back off, reconnect, resume every channel.
+        let closed_at = Instant::now();
+        ctx.stats.went_down();
+        if node_gone(&kind) {
+            state.target = other_target(state.target, ctx.plan.targets.len(), &mut rng);
+        }
+        let mut attempt = 0u32;
+        let back = loop {
+            attempt += 1;
+            if hold_until.is_some_and(|h| Instant::now() >= h) {
+                break Err(false);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(r, attempt, &mut rng)) => {}
+                _ = &mut stopped => break Err(true),
+            }
+            let permit = tokio::select! {
+                p = ctx.permits.clone().acquire_owned() => p.ok(),
+                _ = &mut stopped => break Err(true),
+            };
+            ctx.stats.reconnect_attempt();
+            let result = tokio::select! {
+                r = Box::pin(setup(&ctx, &job, &mut state, true)) => r,
+                _ = &mut stopped => break Err(true),
+            };
+            drop(permit);
+            match result {
+                Ok((w, _, _)) => break Ok(w),
+                Err(kind) => {
+                    ctx.stats.reconnect_failed(kind);
+                    state.target = other_target(state.target, ctx.plan.targets.len(), &mut rng);
                 }
-                Some(Err(e)) => break End::Lost(ws_error_kind(&e)),
-                None => break End::Lost("eof".into()),
-            },
-        }
-    };
-    let info = ctx.stop.borrow().clone();
-    match end {
-        End::Stop => {
-            ctx.stats.add_delivery(&state.finish(info.as_deref(), true));
-            Box::pin(close(&mut ws)).await;
-        }
-        End::Hold => {
-            ctx.stats.add_delivery(&state.finish(None, false));
-            Box::pin(close(&mut ws)).await;
-            ctx.stats.churn_closed();
-        }
-        End::Lost(kind) => {
-            ctx.stats.add_delivery(&state.finish(None, false));
-            ctx.stats.disconnected(kind);
+            }
+        };
+        ctx.stats.came_up();
+        match back {
+            Ok(w) => {
+                ws = w;
+                ctx.stats.resumed(closed_at.elapsed().as_micros() as u64);
+            }
+            Err(stopped_while_down) => {
+                if stopped_while_down {
+                    ctx.stats.down_at_end();
+                } else {
+                    ctx.stats.churn_closed();
+                }
+                ctx.stats.add_result(state.finish(None, false));
+                return;
+            }
         }
     }
     ctx.stats.closed();
@@ -473,5 +716,71 @@ async fn drain_slow(ws: &mut Ws) -> (u64, String) {
             Ok(Some(Ok(Message::Text(_) | Message::Binary(_)))) => events += 1,
             Ok(Some(Ok(_))) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(min_ms: u64, max_ms: u64) -> ResumePlan {
+        ResumePlan {
+            reconnect: true,
+            backoff_min: Duration::from_millis(min_ms),
+            backoff_max: Duration::from_millis(max_ms),
+        }
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_within_a_doubling_capped_window() {
+        let r = plan(50, 2000);
+        let mut rng = Rng::new(7);
+        for attempt in 1..12u32 {
+            let cap = (50u64 << attempt).min(2000);
+            let mut max_seen = Duration::ZERO;
+            for _ in 0..500 {
+                let d = backoff(&r, attempt, &mut rng);
+                assert!(
+                    d <= Duration::from_millis(cap),
+                    "attempt {attempt}: {d:?} > {cap} ms"
+                );
+                max_seen = max_seen.max(d);
+            }
+            // Spread over the window, not bunched at its start.
+            assert!(
+                max_seen >= Duration::from_millis(cap * 8 / 10),
+                "attempt {attempt}: max {max_seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_went_away_sends_the_socket_elsewhere() {
+        for k in [
+            "close_1012",
+            "close_1001",
+            "close_1011",
+            "reset",
+            "eof",
+            "tcp_econnrefused",
+            "http_503",
+        ] {
+            assert!(node_gone(k), "{k}");
+        }
+        for k in ["close_4008", "close_1008", "close_4001", "close_1013"] {
+            assert!(!node_gone(k), "{k}");
+        }
+        let mut rng = Rng::new(1);
+        let mut hits = [0u32; 6];
+        for _ in 0..6000 {
+            let t = other_target(2, 6, &mut rng);
+            assert_ne!(t, 2);
+            hits[t] += 1;
+        }
+        assert!(
+            hits.iter().enumerate().all(|(i, &h)| i == 2 || h > 800),
+            "{hits:?}"
+        );
+        assert_eq!(other_target(0, 1, &mut rng), 0);
     }
 }
