@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::Verifier;
+use crate::auth::{Revocations, Verifier};
 use crate::broker::{BrokerState, MemoryBroker, RedisBroker, RedisSettings, SharedBroker};
 use crate::config::{
     BrokerKind, Config, ConfigError, Deep, LoadOptions, Loaded, LogFormat, Problem,
@@ -21,6 +21,7 @@ use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::presence::Presence;
 
 /// Time allowed after the drain window for the last sockets to flush and close.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -169,8 +170,14 @@ pub fn wire(
             (broker, inbound)
         }
         BrokerPlan::Redis(settings) => {
-            let (broker, inbound) = RedisBroker::start(*settings, rules, capacity, metrics.clone())
-                .map_err(|e| StartError::Broker(e.to_string()))?;
+            let (broker, inbound) = RedisBroker::start(
+                *settings,
+                rules,
+                &config.presence,
+                capacity,
+                metrics.clone(),
+            )
+            .map_err(|e| StartError::Broker(e.to_string()))?;
             (broker, inbound)
         }
     };
@@ -203,13 +210,14 @@ pub(crate) fn assemble(
         .saturating_sub(EVENT_ENVELOPE);
     let rules = RetentionRules::new(&config.history);
     let hub = Arc::new(Hub::with_history(
-        broker,
+        broker.clone(),
         metrics.clone(),
         event_limit,
         rules,
     ));
     let lifecycle = Lifecycle::new();
-    lifecycle.spawn_background(hub.clone().pump(inbound));
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(crate::control::QUEUE);
+    lifecycle.spawn_background(hub.clone().pump(inbound, control_tx));
     lifecycle.spawn_background(broker_gauge(broker_state.clone(), metrics.clone()));
     metrics.socket_capacity.set(socket_capacity as i64);
     let id: Arc<str> = if config.server.node_id.is_empty() {
@@ -218,7 +226,14 @@ pub(crate) fn assemble(
         config.server.node_id.as_str().into()
     };
     let limits = Arc::new(Limits::new(&config.limits, socket_capacity));
-    Arc::new(Node {
+    let presence = Arc::new(Presence::new(
+        id.clone(),
+        broker,
+        &config.presence,
+        metrics.clone(),
+    ));
+    lifecycle.spawn_background(presence.clone().run());
+    let node = Arc::new(Node {
         id,
         config,
         hub,
@@ -228,7 +243,13 @@ pub(crate) fn assemble(
         registry,
         lifecycle,
         broker_state,
-    })
+        presence,
+        revocations: Revocations::default(),
+        started: std::time::Instant::now(),
+    });
+    node.lifecycle
+        .spawn_background(crate::control::run(node.clone(), control_rx));
+    node
 }
 
 impl Gateway {
@@ -253,6 +274,13 @@ impl Gateway {
         );
         let finished = node.lifecycle.drain(&node.hub, window, DRAIN_GRACE).await;
         tracing::info!(finished, "drained");
+        // The leaves of the sockets just closed, before the broker goes.
+        if tokio::time::timeout(STOP_GRACE, node.presence.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("last presence changes not sent in time");
+        }
         // The broker's tasks first (its readers feed the pump), then ours.
         if tokio::time::timeout(STOP_GRACE, node.broker().close())
             .await

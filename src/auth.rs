@@ -8,6 +8,7 @@
 mod grants;
 mod jwks;
 mod mint;
+mod revocation;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,6 +27,7 @@ use crate::config::{AuthConfig, DEV_HS_SECRET};
 
 pub use grants::Grants;
 pub use mint::{MintError, MintRequest, mint};
+pub use revocation::Revocations;
 
 /// Algorithm names accepted in `auth.algorithms`, as they appear in a token's
 /// `alg` header (case-sensitive, like the header).
@@ -68,6 +70,10 @@ pub struct Identity {
     pub rooms: Grants,
     /// The `publish` claim: rooms this user may publish to from the client.
     pub publish: Grants,
+    /// The `jti` claim, if any (revocable by it).
+    pub jti: Option<Arc<str>>,
+    /// The `iat` claim in unix seconds, if any (revocable by user + issued_before).
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused. Every variant maps to HTTP 401 at the upgrade.
@@ -98,11 +104,14 @@ pub enum AuthError {
     SubMismatch,
     /// `exp` lies further ahead than `auth.max_token_lifetime_seconds`.
     LifetimeTooLong,
+    /// The token was revoked through the server API (by `jti`, or by user
+    /// and issue time).
+    Revoked,
 }
 
 impl AuthError {
     /// Every variant, for pre-registering metric label sets.
-    pub const ALL: [AuthError; 12] = [
+    pub const ALL: [AuthError; 13] = [
         AuthError::Missing,
         AuthError::Malformed,
         AuthError::Expired,
@@ -113,6 +122,7 @@ impl AuthError {
         AuthError::BadAudience,
         AuthError::UnknownKey,
         AuthError::MissingClaim,
+        AuthError::Revoked,
         AuthError::SubMismatch,
         AuthError::LifetimeTooLong,
     ];
@@ -132,6 +142,7 @@ impl AuthError {
             AuthError::MissingClaim => "missing_claim",
             AuthError::SubMismatch => "sub_mismatch",
             AuthError::LifetimeTooLong => "lifetime",
+            AuthError::Revoked => "revoked",
         }
     }
 
@@ -151,6 +162,7 @@ impl AuthError {
             AuthError::UnknownKey => "no key known for this token (unknown kid or algorithm)",
             AuthError::MissingClaim => "token lacks a required claim (non-empty sub, exp)",
             AuthError::SubMismatch => "refreshed token is for a different user",
+            AuthError::Revoked => "token revoked",
             AuthError::LifetimeTooLong => {
                 "token lifetime exceeds the maximum this gateway accepts (auth.max_token_lifetime_seconds)"
             }
@@ -396,6 +408,8 @@ struct Claims {
     #[serde(default)]
     iat: Option<f64>,
     #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
     rooms: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
@@ -570,6 +584,8 @@ impl Verifier {
                 .as_deref()
                 .map(Grants::parse)
                 .unwrap_or_default(),
+            jti: claims.jti.map(Into::into),
+            issued_at: claims.iat.map(|iat| iat as u64),
         })
     }
 

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::{Control, NodeInfo, Revocation};
 use crate::continuity::HistoryPage;
-use crate::protocol::{Channel, Position, Publication};
+use crate::protocol::{Channel, Position, PresenceInfo, Publication, RoomName};
 
 mod memory;
 mod redis;
@@ -43,6 +44,45 @@ pub enum BrokerEvent {
     /// connection was rebuilt, or its reader fell behind): check their
     /// positions against history.
     Check(Vec<Channel>),
+    /// A user's first socket joined (or last socket left) a room, across
+    /// every node: `join` / `leave` for the room's subscribers.
+    Presence {
+        /// The room.
+        room: RoomName,
+        /// The user.
+        user: Arc<str>,
+        /// Joined (true) or left.
+        joined: bool,
+    },
+    /// A message for every node (disconnect, revoke).
+    Control(Control),
+}
+
+/// One node's presence changes for one room, sent as one call.
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    /// The room.
+    pub room: RoomName,
+    /// The node sending them.
+    pub node: Arc<str>,
+    /// Per user, the change in this node's socket count (or, with `full`,
+    /// the count itself).
+    pub users: Vec<(Arc<str>, i64)>,
+    /// `users` is this node's whole state in the room, replacing what the
+    /// broker held for it (its entries expired, or it is new there).
+    pub full: bool,
+    /// This node's entries vanish unless refreshed within this many ms.
+    pub ttl_ms: u64,
+    /// Whether the room delivers `join` / `leave`, and up to how many users.
+    pub events: Option<usize>,
+}
+
+/// What the broker said about a presence change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PresenceApplied {
+    /// The broker had no live entries of this node in the room (they
+    /// expired, or it never had any): it needs the node's whole state.
+    pub unknown: bool,
 }
 
 /// The queue from the broker to the hub.
@@ -140,9 +180,72 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    // The directory: presence, control, revocations, the node registry. The
+    // defaults are those of a broker that keeps none of it (test doubles);
+    // both real brokers implement every one.
+
+    /// Applies one node's presence changes to a room, across every node.
+    fn presence_apply(
+        &self,
+        change: PresenceChange,
+    ) -> BoxFuture<'static, Result<PresenceApplied, BrokerError>> {
+        let _ = change;
+        ready(Ok(PresenceApplied::default()))
+    }
+
+    /// Who is in `room`, across every node.
+    fn presence(
+        &self,
+        room: &RoomName,
+        max_members: usize,
+    ) -> BoxFuture<'static, Result<PresenceInfo, BrokerError>> {
+        let _ = (room, max_members);
+        ready(Ok(PresenceInfo::default()))
+    }
+
+    /// Sends a control message to every node (this one included).
+    fn control(&self, message: Control) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let _ = message;
+        ready(Err(BrokerError::Unavailable))
+    }
+
+    /// Keeps a revocation until it expires, for nodes that start later.
+    fn store_revocation(
+        &self,
+        revocation: Revocation,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let _ = revocation;
+        ready(Err(BrokerError::Unavailable))
+    }
+
+    /// Every revocation still kept.
+    fn revocations(&self) -> BoxFuture<'static, Result<Vec<Revocation>, BrokerError>> {
+        ready(Ok(Vec::new()))
+    }
+
+    /// Lists this node in the registry for `ttl_seconds`.
+    fn register_node(
+        &self,
+        info: NodeInfo,
+        ttl_seconds: u64,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let _ = (info, ttl_seconds);
+        ready(Ok(()))
+    }
+
+    /// Every node that refreshed its registry entry within its TTL.
+    fn nodes(&self) -> BoxFuture<'static, Result<Vec<NodeInfo>, BrokerError>> {
+        ready(Ok(Vec::new()))
+    }
+
     /// Stops the broker's background tasks and waits for them to end.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// A shared broker handle.
 pub type SharedBroker = Arc<dyn Broker>;
+
+/// A future that is already resolved.
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     /// Largest HTTP request head (request line and headers) accepted; a
     /// larger one is answered 431 before anything else is read.
     pub max_header_bytes: usize,
+    /// A node that stops refreshing its entry in the node registry
+    /// (`GET /api/nodes`) is gone from it within this many seconds (it
+    /// refreshes a third as often).
+    pub registry_ttl_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             handshake_timeout_ms: 10_000,
             max_header_bytes: 16 * 1024,
+            registry_ttl_seconds: 30,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The node's one HTTP port (hyper 1.x): `GET /ws` (admission, then upgrade),
-//! `POST /api/publish`, `/healthz`, `/readyz`, `/metrics`.
+//! the server API (`/api/*`, one file per call, what they share in
+//! `api.rs`), `/healthz`, `/readyz`, `/metrics`.
 //!
 //! The accept loop never spins on `EMFILE`: the node's socket capacity is set
 //! below the open-files limit, so a full node still has descriptors to answer
@@ -31,9 +32,13 @@ use crate::node::Node;
 
 mod admission;
 mod api;
+mod disconnect;
 mod history;
+mod nodes;
+mod presence;
 mod probes;
 mod publish;
+mod revoke;
 mod upgrade;
 
 /// Response type of every route.
@@ -97,15 +102,14 @@ async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Htt
         (_, "/ws") => upgrade::handle(node, peer, req),
         (&Method::POST, "/api/publish") => api_reply(publish::handle(node, req).await),
         (&Method::GET, "/api/history") => api_reply(history::handle(node, req).await),
-        (_, "/api/publish") => error(
+        (&Method::GET, "/api/presence") => api_reply(presence::handle(node, req).await),
+        (&Method::POST, "/api/disconnect") => api_reply(disconnect::handle(node, req).await),
+        (&Method::POST, "/api/revoke") => api_reply(revoke::handle(node, req).await),
+        (&Method::GET, "/api/nodes") => api_reply(nodes::handle(node, req).await),
+        (_, path) if let Some(method) = api::method_of(path) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "use POST",
-        ),
-        (_, "/api/history") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET",
+            &format!("use {method}"),
         ),
         (&Method::GET, "/healthz") => probes::healthz(),
         (&Method::GET, "/readyz") => probes::readyz(&node),

@@ -45,6 +45,24 @@ pub struct Subscriber {
     pub format: Format,
 }
 
+/// Whose token a socket holds: what the server API's disconnect and revoke
+/// select sockets by.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The `sub`.
+    pub user: Arc<str>,
+    /// The token's `jti`.
+    pub jti: Option<Arc<str>>,
+    /// The token's `iat`.
+    pub issued_at: Option<u64>,
+}
+
+/// One registered socket.
+struct Conn {
+    sub: Subscriber,
+    owner: Option<Owner>,
+}
+
 /// One channel's local subscribers. `live` turns true once the broker
 /// subscription is established; until then joiners wait on the stripe lock.
 #[derive(Default)]
@@ -58,7 +76,7 @@ const STRIPES: usize = 1024;
 
 /// The node's session tables.
 pub struct Hub {
-    conns: DashMap<ConnId, Subscriber, FxBuildHasher>,
+    conns: DashMap<ConnId, Conn, FxBuildHasher>,
     channels: DashMap<Channel, ChannelSubs, FxBuildHasher>,
     // Held across the broker round trip of a first-subscribe / last-unsubscribe,
     // hence async; striped so unrelated channels do not wait on each other.
@@ -127,10 +145,45 @@ impl Hub {
 
     /// Adds a socket to the connection registry (and so to `broadcast`).
     pub fn register(&self, subscriber: Subscriber) -> ConnId {
+        self.register_as(subscriber, None)
+    }
+
+    /// Adds a socket held by `owner`'s token.
+    pub fn register_as(&self, subscriber: Subscriber, owner: Option<Owner>) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.insert(id, subscriber);
+        self.conns.insert(
+            id,
+            Conn {
+                sub: subscriber,
+                owner,
+            },
+        );
         self.metrics.sockets_open.inc();
         id
+    }
+
+    /// Records the token a socket holds now (after a `refresh`).
+    pub fn set_owner(&self, id: ConnId, owner: Owner) {
+        if let Some(mut conn) = self.conns.get_mut(&id) {
+            conn.owner = Some(owner);
+        }
+    }
+
+    /// Asks every socket whose owner matches to close with `reason` (after
+    /// what it has queued). Returns how many.
+    pub fn close_where(
+        &self,
+        matches: impl Fn(&Owner) -> bool,
+        reason: crate::protocol::Disconnect,
+    ) -> usize {
+        let mut closed = 0;
+        for conn in self.conns.iter() {
+            if conn.owner.as_ref().is_some_and(&matches) {
+                conn.sub.outbox.close(reason);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Removes a socket from the registry. Its channels must be left first.
@@ -302,7 +355,7 @@ impl Hub {
             Err(PushError::Full) | Err(PushError::Closed) => {}
         };
         match channel {
-            Channel::Broadcast => self.conns.iter().for_each(|entry| push(entry.value())),
+            Channel::Broadcast => self.conns.iter().for_each(|entry| push(&entry.value().sub)),
             channel => {
                 if let Some(entry) = self.channels.get(channel) {
                     entry.subs.values().for_each(&mut push);
@@ -316,7 +369,7 @@ impl Hub {
     pub fn outboxes(&self) -> Vec<Arc<Outbox>> {
         self.conns
             .iter()
-            .map(|e| e.value().outbox.clone())
+            .map(|e| e.value().sub.outbox.clone())
             .collect()
     }
 

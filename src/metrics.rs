@@ -8,12 +8,13 @@ use crate::auth::AuthError;
 use crate::protocol::{Disconnect, End, EndedBy, ErrorCode, Refusal};
 
 /// Frame types of `gateway_frames_in_total`.
-pub const FRAME_TYPES: [&str; 6] = [
+pub const FRAME_TYPES: [&str; 7] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "refresh",
     "ping",
+    "presence",
     "invalid",
 ];
 
@@ -40,6 +41,15 @@ pub const RECOVERY_OUTCOMES: [&str; 2] = ["recovered", "not_recovered"];
 
 /// Outcomes of `gateway_history_gaps_total`.
 pub const GAP_OUTCOMES: [&str; 2] = ["repaired", "resync"];
+
+/// Kinds of `gateway_presence_calls_total`: one Redis command (FCALL) each.
+/// `full` sends a node's whole state for a room, `update` its changes,
+/// `refresh` only extends its entries' life.
+pub const PRESENCE_CALLS: [&str; 3] = ["full", "update", "refresh"];
+
+/// Outcomes of `gateway_presence_calls_total`'s calls that failed or were
+/// refused (`gateway_presence_errors_total`).
+pub const PRESENCE_ERRORS: [&str; 2] = ["unknown", "failed"];
 
 /// Kinds of `gateway_http_errors_total`: requests hyper ended before a route.
 pub const HTTP_ERRORS: [&str; 4] = ["head_too_large", "head_timeout", "malformed", "other"];
@@ -111,6 +121,23 @@ pub struct Metrics {
     pub resyncs_sent: IntCounter,
     /// Time of one history read from the broker.
     pub history_read_latency: Histogram,
+    /// Presence calls to the broker (one Redis command each), by kind.
+    pub presence_calls: IntCounterVec,
+    /// Presence calls the broker refused (`unknown`: it had lost this node's
+    /// entries) or that failed.
+    pub presence_errors: IntCounterVec,
+    /// Presence queries (frames and `GET /api/presence`).
+    pub presence_queries: IntCounter,
+    /// Disconnect messages applied by this node.
+    pub disconnects_applied: IntCounter,
+    /// Revocations applied by this node (control channel and start-up load).
+    pub revocations_applied: IntCounter,
+    /// Revocations this node holds in memory.
+    pub revocations_held: IntGauge,
+    /// Sockets this node closed because of a disconnect or a revocation.
+    pub api_closes: IntCounter,
+    /// Live nodes in the registry, as this node last read it.
+    pub registry_nodes: IntGauge,
     /// 1 while draining.
     pub draining: IntGauge,
     /// 1 while ready for new sockets.
@@ -306,6 +333,42 @@ impl Metrics {
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ],
+            )?,
+            presence_calls: counter_vec(
+                "gateway_presence_calls_total",
+                "Presence calls to the broker, one Redis command each: a node's whole state for a room (full), its changes (update), or a refresh of its entries",
+                "kind",
+                &PRESENCE_CALLS,
+            )?,
+            presence_errors: counter_vec(
+                "gateway_presence_errors_total",
+                "Presence calls the broker answered unknown (it lost this node's entries; the whole state follows) or that failed",
+                "kind",
+                &PRESENCE_ERRORS,
+            )?,
+            presence_queries: counter(
+                "gateway_presence_queries_total",
+                "Presence queries (presence frames and GET /api/presence)",
+            )?,
+            disconnects_applied: counter(
+                "gateway_disconnects_applied_total",
+                "Disconnect messages (POST /api/disconnect) this node applied",
+            )?,
+            revocations_applied: counter(
+                "gateway_revocations_applied_total",
+                "Revocations this node applied (control channel and start-up load)",
+            )?,
+            revocations_held: gauge(
+                "gateway_revocations_held",
+                "Revocations this node holds in memory",
+            )?,
+            api_closes: counter(
+                "gateway_api_closes_total",
+                "Sockets this node closed because of a disconnect or a revocation",
+            )?,
+            registry_nodes: gauge(
+                "gateway_registry_nodes",
+                "Live nodes in the node registry, as this node last read it",
             )?,
             draining: gauge("gateway_draining", "1 while the node is draining")?,
             ready: gauge("gateway_ready", "1 while the node accepts new sockets")?,

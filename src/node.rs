@@ -3,16 +3,18 @@
 //! itself: each table lives in the module that owns it (hub, limits).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::auth::Verifier;
+use crate::auth::{Revocations, Verifier};
 use crate::broker::{BrokerState, SharedBroker};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 
 /// Everything a connection needs, shared.
 pub struct Node {
@@ -34,6 +36,12 @@ pub struct Node {
     pub lifecycle: Lifecycle,
     /// The broker's state.
     pub broker_state: watch::Receiver<BrokerState>,
+    /// This node's presence (sockets per user and room, sent in batches).
+    pub presence: Arc<Presence>,
+    /// Revoked tokens, held in memory (fed by `control`).
+    pub revocations: Revocations,
+    /// When the node started (uptime in the registry).
+    pub started: Instant,
 }
 
 /// Why the node is not ready for new sockets.

@@ -53,6 +53,9 @@ impl fmt::Debug for RoomName {
     }
 }
 
+/// Longest user id (`sub`) a user channel, presence or the server API takes.
+pub const MAX_USER_LEN: usize = 256;
+
 /// Where a publication goes: a room, every socket of one user, or everyone.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Channel {
@@ -72,7 +75,7 @@ impl Channel {
         } else if let Some(room) = name.strip_prefix("room:") {
             RoomName::parse(room).map(Channel::Room)
         } else if let Some(user) = name.strip_prefix("user:") {
-            (!user.is_empty() && user.len() <= 256).then(|| Channel::User(Arc::from(user)))
+            (!user.is_empty() && user.len() <= MAX_USER_LEN).then(|| Channel::User(Arc::from(user)))
         } else {
             None
         }
@@ -208,8 +211,9 @@ pub struct Resumed {
     pub recovered: Option<bool>,
 }
 
-/// Who is in a room, across every node (contract section 7).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Who is in a room, across every node (contract section 7); serialized,
+/// the `presence` object of the reply and of `GET /api/presence`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct PresenceInfo {
     /// Distinct users.
     pub users: u64,

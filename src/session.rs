@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::{Grants, Identity};
-use crate::hub::{ConnId, Subscriber};
+use crate::hub::{ConnId, Owner, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Outgoing, Status};
@@ -109,7 +109,7 @@ where
     me.outbox.hold(&Channel::Broadcast);
     // Nothing above can fail or panic; from here on the socket is in the
     // tables, and everything runs under the guard that takes it out again.
-    let id = node.hub.register(me.clone());
+    let id = node.hub.register_as(me.clone(), Some(owner_of(&identity)));
     let mut session = Session {
         node: node.clone(),
         ws,
@@ -141,6 +141,15 @@ where
     // Leaving is boxed for the same reason as the branches of the event loop.
     Box::pin(session.leave_everything()).await;
     drop(permit);
+}
+
+/// Whose token a socket holds, as disconnect and revoke select sockets.
+fn owner_of(identity: &Identity) -> Owner {
+    Owner {
+        user: identity.user.clone(),
+        jti: identity.jti.clone(),
+        issued_at: identity.issued_at,
+    }
 }
 
 /// The instant a token expiring at `unix_secs` (plus `leeway`) stops being
@@ -469,6 +478,7 @@ where
         }
         let hub = self.node.hub.clone();
         for room in std::mem::take(&mut self.rooms) {
+            drop(self.node.presence.leave(&room, &self.user));
             hub.unsubscribe(&Channel::Room(room), self.id).await;
         }
         if self.user_joined {

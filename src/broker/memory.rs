@@ -12,12 +12,18 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, Broker, BrokerError, BrokerEvent, BrokerState, Inbound, Published};
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerEvent, BrokerState, Inbound, PresenceApplied,
+    PresenceChange, Published,
+};
+use crate::cluster::{Control, NodeInfo, Revocation};
 use crate::continuity::{HistoryPage, RetentionRules};
-use crate::protocol::{Channel, Position, Publication};
+use crate::protocol::{Channel, Position, PresenceInfo, Publication, RoomName};
 
+mod directory;
 mod history;
 
+use directory::Directory;
 use history::History;
 
 /// In-process broker.
@@ -29,6 +35,7 @@ pub struct MemoryBroker {
     tx: mpsc::Sender<BrokerEvent>,
     state: watch::Sender<BrokerState>,
     history: Option<History>,
+    directory: Directory,
 }
 
 impl std::fmt::Debug for History {
@@ -58,6 +65,7 @@ impl MemoryBroker {
                 tx,
                 state,
                 history,
+                directory: Directory::default(),
             }),
             rx,
         )
@@ -156,6 +164,67 @@ impl Broker for MemoryBroker {
             .as_ref()
             .and_then(|h| h.new_epoch(channel, stale));
         Box::pin(std::future::ready(Ok(position)))
+    }
+
+    fn presence_apply(
+        &self,
+        change: PresenceChange,
+    ) -> BoxFuture<'static, Result<PresenceApplied, BrokerError>> {
+        let room = change.room.clone();
+        let (applied, transitions) = self.directory.apply(change);
+        for (user, joined) in transitions {
+            // Presence frames are advisory: a full queue drops them, like a
+            // lagging Redis reader would.
+            let _ = self.tx.try_send(BrokerEvent::Presence {
+                room: room.clone(),
+                user,
+                joined,
+            });
+        }
+        Box::pin(std::future::ready(Ok(applied)))
+    }
+
+    fn presence(
+        &self,
+        room: &RoomName,
+        max_members: usize,
+    ) -> BoxFuture<'static, Result<PresenceInfo, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self
+            .directory
+            .presence(room, max_members))))
+    }
+
+    fn control(&self, message: Control) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let sent = self
+            .tx
+            .try_send(BrokerEvent::Control(message))
+            .map_err(|_| BrokerError::Overloaded);
+        Box::pin(std::future::ready(sent))
+    }
+
+    fn store_revocation(
+        &self,
+        revocation: Revocation,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.directory.store_revocation(revocation);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn revocations(&self) -> BoxFuture<'static, Result<Vec<Revocation>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.directory.revocations())))
+    }
+
+    fn register_node(
+        &self,
+        info: NodeInfo,
+        ttl_seconds: u64,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        self.directory.register(info, ttl_seconds);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn nodes(&self) -> BoxFuture<'static, Result<Vec<NodeInfo>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.directory.nodes())))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -39,13 +39,19 @@ use fred::bytes_utils::Str;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, Broker, BrokerError, BrokerState, Inbound, Published};
+use super::{
+    BoxFuture, Broker, BrokerError, BrokerState, Inbound, PresenceApplied, PresenceChange,
+    Published,
+};
+use crate::cluster::{Control, NodeInfo, Revocation};
+use crate::config::PresenceConfig;
 use crate::continuity::{HistoryPage, RetentionRules};
 use crate::metrics::Metrics;
-use crate::protocol::{Channel, Position};
+use crate::protocol::{Channel, Position, PresenceInfo, RoomName};
 
 mod client;
 mod connection;
+mod directory;
 mod fleet;
 mod functions;
 mod history;
@@ -84,6 +90,7 @@ impl RedisBroker {
     pub fn start(
         settings: RedisSettings,
         rules: RetentionRules,
+        presence: &PresenceConfig,
         queue_capacity: usize,
         metrics: Metrics,
     ) -> Result<(Arc<RedisBroker>, Inbound), fred::error::Error> {
@@ -97,6 +104,7 @@ impl RedisBroker {
             metrics.clone(),
             broadcast.clone(),
             rules,
+            presence,
         ));
         let client = client::publisher(&settings)?;
         let publish = publisher::spawn(&shared, client.clone(), cancel.clone());
@@ -114,6 +122,25 @@ impl RedisBroker {
             }),
             inbound,
         ))
+    }
+}
+
+impl RedisBroker {
+    /// The client for keys of `name`'s slot: the subscriber connection of
+    /// its master as the bridge knows it (fresh after a failover), else the
+    /// publisher's cluster-aware client.
+    fn client_for(&self, name: &Str) -> fred::clients::Client {
+        self.shared
+            .client_for(name.as_bytes())
+            .unwrap_or_else(|| self.client.clone())
+    }
+
+    fn without_functions<T: Send + 'static>(
+        &self,
+    ) -> Option<BoxFuture<'static, Result<T, BrokerError>>> {
+        (!self.shared.needs_functions()).then(|| {
+            Box::pin(std::future::ready(Err(BrokerError::Unavailable))) as BoxFuture<'static, _>
+        })
     }
 }
 
@@ -204,14 +231,8 @@ impl Broker for RedisBroker {
             return Box::pin(std::future::ready(Ok(None)));
         }
         let name = self.shared.names.channel(channel);
-        // The channel's own master, as the subscriber side knows it (fresh
-        // after a failover); fred's cluster client catches up later.
-        let client = self
-            .shared
-            .client_for(name.as_bytes())
-            .unwrap_or_else(|| self.client.clone());
         Box::pin(history::read(
-            client,
+            self.client_for(&name),
             name,
             since,
             limit,
@@ -236,14 +257,105 @@ impl Broker for RedisBroker {
         ))
     }
 
+    fn presence_apply(
+        &self,
+        change: PresenceChange,
+    ) -> BoxFuture<'static, Result<PresenceApplied, BrokerError>> {
+        if let Some(refused) = self.without_functions() {
+            return refused;
+        }
+        let name = self
+            .shared
+            .names
+            .channel(&Channel::Room(change.room.clone()));
+        Box::pin(directory::presence_apply(
+            self.client_for(&name),
+            name,
+            change,
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn presence(
+        &self,
+        room: &RoomName,
+        max_members: usize,
+    ) -> BoxFuture<'static, Result<PresenceInfo, BrokerError>> {
+        if let Some(refused) = self.without_functions() {
+            return refused;
+        }
+        let name = self.shared.names.channel(&Channel::Room(room.clone()));
+        Box::pin(directory::presence(
+            self.client_for(&name),
+            name,
+            max_members,
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn control(&self, message: Control) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let name = self.shared.control.clone();
+        Box::pin(directory::control(
+            self.client_for(&name),
+            name,
+            self.shared.settings.sharded,
+            message,
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn store_revocation(
+        &self,
+        revocation: Revocation,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(directory::store_revocation(
+            self.client.clone(),
+            self.shared.names.revoked(),
+            revocation,
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn revocations(&self) -> BoxFuture<'static, Result<Vec<Revocation>, BrokerError>> {
+        Box::pin(directory::revocations(
+            self.client.clone(),
+            self.shared.names.revoked(),
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn register_node(
+        &self,
+        info: NodeInfo,
+        ttl_seconds: u64,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(directory::register_node(
+            self.client.clone(),
+            self.shared.names.nodes(),
+            info,
+            ttl_seconds,
+            self.shared.settings.command_timeout,
+        ))
+    }
+
+    fn nodes(&self) -> BoxFuture<'static, Result<Vec<NodeInfo>, BrokerError>> {
+        Box::pin(directory::nodes(
+            self.client.clone(),
+            self.shared.names.nodes(),
+            self.shared.settings.command_timeout,
+        ))
+    }
+
     fn state(&self) -> watch::Receiver<BrokerState> {
         self.state.clone()
     }
 
-    /// Room and user channels live on Redis (broadcast, always subscribed,
-    /// and the probe channels are not counted).
+    /// Room and user channels live on Redis (broadcast and control, always
+    /// subscribed, and the probe channels are not counted).
     fn subscription_count(&self) -> usize {
-        self.shared.table().live_count(&self.broadcast)
+        self.shared
+            .table()
+            .live_count(&[&self.broadcast, &self.shared.control])
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -445,6 +445,13 @@ fn validate(c: &Config) -> Vec<Problem> {
             format!("must be at most 3600 (got {})", c.server.drain_seconds),
         );
     }
+    in_range(
+        &mut bad,
+        "server.registry_ttl_seconds",
+        c.server.registry_ttl_seconds as usize,
+        3,
+        3600,
+    );
     // hyper refuses a read buffer below 8 KiB.
     in_range(
         &mut bad,

@@ -57,12 +57,16 @@ pub(super) fn authenticate(
         None => Err(AuthError::Missing),
         Some(token) => node.verifier.verify(token),
     }
+    .and_then(|identity| node.revocations.check(&identity).map(|()| identity))
     .map_err(|e| {
         node.metrics
             .auth_failures
             .with_label_values(&[e.reason()])
             .inc();
-        Refusal::Unauthorized(e.message())
+        match e {
+            AuthError::Revoked => Refusal::Revoked,
+            e => Refusal::Unauthorized(e.message()),
+        }
     })?;
     let permit = node.limits.admit(peer.ip(), &identity.user)?;
     Ok((identity, permit))

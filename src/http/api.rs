@@ -13,6 +13,7 @@ use hyper::{HeaderMap, Request, StatusCode, Uri};
 use super::{HttpResponse, bearer, error};
 use crate::broker::BrokerError;
 use crate::node::Node;
+use crate::protocol::{Channel, MAX_USER_LEN};
 
 /// Why an API call failed.
 #[derive(Debug)]
@@ -94,8 +95,83 @@ pub(super) async fn body(req: Request<Incoming>, limit: usize) -> Result<Bytes, 
     }
 }
 
+/// The server API's calls and their methods: routed by `http.rs`, and
+/// answered 405 with the right method otherwise.
+pub(super) const CALLS: [(&str, &str); 6] = [
+    ("/api/publish", "POST"),
+    ("/api/history", "GET"),
+    ("/api/presence", "GET"),
+    ("/api/disconnect", "POST"),
+    ("/api/revoke", "POST"),
+    ("/api/nodes", "GET"),
+];
+
+/// The method `path` takes, if it is a call.
+pub(super) fn method_of(path: &str) -> Option<&'static str> {
+    CALLS.iter().find(|(p, _)| *p == path).map(|(_, m)| *m)
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T` (400 when it is not
+/// one, naming what was expected).
+pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let bytes = body(req, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("expected {expected}: {e}")))
+}
+
+/// A request's query parameters, checked against the names a call takes.
+pub(super) struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The parameters of `uri`; 400 for a name not in `allowed`.
+    pub(super) fn parse(uri: &Uri, allowed: &[&str]) -> Result<Params, ApiError> {
+        let params = query(uri);
+        if let Some((unknown, _)) = params.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad(format!("unknown parameter {unknown:?}")));
+        }
+        Ok(Params(params))
+    }
+
+    /// The value of `name`, if given.
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `channel` parameter, which every call taking one requires.
+    pub(super) fn channel(&self) -> Result<Channel, ApiError> {
+        self.get("channel")
+            .and_then(Channel::parse)
+            .ok_or_else(bad_channel)
+    }
+}
+
+/// A user id from a request: 1 to `MAX_USER_LEN` bytes (400 `bad_user`).
+pub(super) fn user_id(user: String) -> Result<String, ApiError> {
+    if user.is_empty() || user.len() > MAX_USER_LEN {
+        return Err(ApiError::BadRequest(
+            "bad_user",
+            format!("user must be 1-{MAX_USER_LEN} bytes"),
+        ));
+    }
+    Ok(user)
+}
+
+/// `400 bad_channel`.
+pub(super) fn bad_channel() -> ApiError {
+    ApiError::BadRequest(
+        "bad_channel",
+        "channel must be room:<R>, user:<U> or broadcast".into(),
+    )
+}
+
 /// The query's parameters, percent-decoded; a repeated name keeps its first value.
-pub(super) fn query(uri: &Uri) -> Vec<(String, String)> {
+fn query(uri: &Uri) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in uri
         .query()

@@ -11,11 +11,11 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::api::{ApiError, authorize, query};
+use super::api::{ApiError, Params, authorize};
 use super::{HttpResponse, json};
 use crate::hub::EVENT_ENVELOPE;
 use crate::node::Node;
-use crate::protocol::{Channel, Event, MAX_EPOCH_LEN, Publication};
+use crate::protocol::{Event, MAX_EPOCH_LEN, Publication};
 
 /// Publications one call returns by default, and at most.
 const DEFAULT_LIMIT: usize = 100;
@@ -41,25 +41,9 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&node, req.headers())?;
-    let params = query(req.uri());
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if let Some((unknown, _)) = params
-        .iter()
-        .find(|(k, _)| !["channel", "since", "epoch", "limit"].contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(format!("unknown parameter {unknown:?}")));
-    }
-    let channel = param("channel").and_then(Channel::parse).ok_or_else(|| {
-        ApiError::BadRequest(
-            "bad_channel",
-            "channel must be room:<R>, user:<U> or broadcast".into(),
-        )
-    })?;
+    let params = Params::parse(req.uri(), &["channel", "since", "epoch", "limit"])?;
+    let param = |name: &str| params.get(name);
+    let channel = params.channel()?;
     let since = param("since")
         .map(str::parse::<u64>)
         .transpose()

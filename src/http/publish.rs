@@ -12,7 +12,7 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::api::{ApiError, authorize, body};
+use super::api::{ApiError, authorize, bad_channel, body};
 use super::{HttpResponse, json};
 use crate::node::Node;
 use crate::protocol::{Channel, PayloadError, inspect};
@@ -34,12 +34,7 @@ pub(super) async fn handle(
     let body = body(req, node.config.websocket.max_frame_bytes + 1024).await?;
     let parsed: Body = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("expected {{\"channel\":..,\"data\":..}}: {e}")))?;
-    let channel = Channel::parse(parsed.channel).ok_or_else(|| {
-        ApiError::BadRequest(
-            "bad_channel",
-            "channel must be room:<R>, user:<U> or broadcast".into(),
-        )
-    })?;
+    let channel = Channel::parse(parsed.channel).ok_or_else(bad_channel)?;
     let payload = Bytes::copy_from_slice(parsed.data.get().as_bytes());
     // The same check as client publishes and the broker's inbound path.
     inspect(&payload, node.config.websocket.max_frame_bytes).map_err(|e| match e {

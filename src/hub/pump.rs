@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use tokio::sync::mpsc;
+
 use super::Hub;
 use crate::broker::{BrokerEvent, Inbound};
+use crate::cluster::Control;
 use crate::continuity::{Check, HistoryPage, Verdict};
 use crate::protocol::{Channel, Event, Position, Publication, ServerFrame};
 
@@ -41,8 +44,9 @@ type Repairs = JoinSet<(Channel, Fetched)>;
 
 impl Hub {
     /// Feeds the broker's events into fan-out, in order, until the broker
-    /// closes its queue. Repairs in flight end with it.
-    pub async fn pump(self: Arc<Self>, mut inbound: Inbound) {
+    /// closes its queue. Repairs in flight end with it. Control messages go
+    /// to `control`, whose owner applies them to the node.
+    pub async fn pump(self: Arc<Self>, mut inbound: Inbound, control: mpsc::Sender<Control>) {
         let mut repairs = Repairs::new();
         loop {
             tokio::select! {
@@ -55,6 +59,20 @@ impl Hub {
                     Some(BrokerEvent::Check(channels)) => {
                         for channel in channels {
                             self.check(channel, &mut repairs);
+                        }
+                    }
+                    Some(BrokerEvent::Presence { room, user, joined }) => {
+                        let channel = Channel::Room(room);
+                        let frame = if joined {
+                            ServerFrame::Join { channel: channel.clone(), user }
+                        } else {
+                            ServerFrame::Leave { channel: channel.clone(), user }
+                        };
+                        self.deliver_frame(&channel, &frame);
+                    }
+                    Some(BrokerEvent::Control(message)) => {
+                        if control.try_send(message).is_err() {
+                            tracing::warn!("control message dropped: its queue is full");
                         }
                     }
                 },

@@ -196,25 +196,6 @@ impl<'a> From<&'a Position> for WirePosition<'a> {
 }
 
 #[derive(Serialize)]
-struct WirePresence<'a> {
-    users: u64,
-    clients: u64,
-    members: &'a [String],
-    truncated: bool,
-}
-
-impl<'a> From<&'a PresenceInfo> for WirePresence<'a> {
-    fn from(p: &'a PresenceInfo) -> Self {
-        WirePresence {
-            users: p.users,
-            clients: p.clients,
-            members: &p.members,
-            truncated: p.truncated,
-        }
-    }
-}
-
-#[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum WireOut<'a> {
     Welcome {
@@ -272,7 +253,7 @@ struct WireOk<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    presence: Option<WirePresence<'a>>,
+    presence: Option<&'a PresenceInfo>,
 }
 
 /// Encodes a reply frame for one socket (replies are per socket, so there is
@@ -314,7 +295,7 @@ pub fn encode_server_frame(format: Format, frame: &ServerFrame) -> Message {
         }),
         ServerFrame::Presence { id, presence } => WireOut::Ok(WireOk {
             id: id.as_ref(),
-            presence: Some(presence.into()),
+            presence: Some(presence),
             ..WireOk::default()
         }),
         ServerFrame::Error { id, code, message } => WireOut::Error {

@@ -13,9 +13,11 @@ use super::{Flow, Pending, Session};
 use crate::broker::{BrokerError, Published};
 use crate::continuity::{Resume, Stored};
 use crate::hub::{EVENT_ENVELOPE, Joined};
+use crate::presence::Presence;
 use crate::protocol::{
-    Channel, ClientFrame, Disconnect, ErrorCode, Event, PayloadError, Publication, RequestId,
-    Resumed, RoomName, ServerFrame, Since, decode_client_frame, encode_server_frame, inspect,
+    Channel, ClientFrame, Disconnect, ErrorCode, Event, PayloadError, PresenceInfo, Publication,
+    RequestId, Resumed, RoomName, ServerFrame, Since, decode_client_frame, encode_server_frame,
+    inspect,
 };
 
 /// The outcome of a pending command.
@@ -34,6 +36,11 @@ pub(super) enum Done {
     },
     /// A room was left.
     Unsubscribed { id: Option<RequestId> },
+    /// A presence query was answered (or not).
+    Presence {
+        id: Option<RequestId>,
+        result: Result<PresenceInfo, BrokerError>,
+    },
     /// A publication was handed to the broker (or not).
     Published {
         id: Option<RequestId>,
@@ -116,6 +123,10 @@ where
                 }
             }
             Done::Unsubscribed { id } => self.reply(ServerFrame::Ok { id }),
+            Done::Presence { id, result } => match result {
+                Ok(presence) => self.reply(ServerFrame::Presence { id, presence }),
+                Err(e) => self.error(id, broker_error_code(&e), &e.to_string()),
+            },
             Done::Published { id, result } => match result {
                 Ok(published) => {
                     self.node
@@ -231,8 +242,16 @@ where
         // replay are queued: no live event of the room can overtake them.
         self.me.outbox.hold(&channel);
         let (hub, conn, me) = (self.node.hub.clone(), self.id, self.me.clone());
+        let (presence, user) = (self.node.presence.clone(), self.user.clone());
         self.pending = Some(Box::pin(async move {
+            // Present from the `ok` on: the broker has it before the join
+            // begins, so the time the room is held (and its live events
+            // counted against the queue) stays the join's alone.
+            presence.join(&room, &user).await;
             let result = hub.join(&channel, conn, me, since.as_ref()).await;
+            if result.is_err() {
+                drop(presence.leave(&room, &user));
+            }
             Done::Subscribed { room, id, result }
         }));
         Flow::Continue
@@ -245,11 +264,14 @@ where
         if !self.rooms_grant.allows(room.as_str()) {
             return self.error(id, ErrorCode::Forbidden, "token does not allow this room");
         }
-        self.error(
-            id,
-            ErrorCode::BrokerUnavailable,
-            "presence is not available yet",
-        )
+        let presence = self.node.presence.clone();
+        self.pending = Some(Box::pin(async move {
+            Done::Presence {
+                id,
+                result: presence.query(&room).await,
+            }
+        }));
+        Flow::Continue
     }
 
     fn unsubscribe(&mut self, room: &str, id: Option<RequestId>) -> Flow {
@@ -259,9 +281,12 @@ where
         if !self.rooms.remove(&room) {
             return self.reply(ServerFrame::Ok { id });
         }
+        // Gone from presence by the `ok`.
+        let left = self.node.presence.leave(&room, &self.user);
         let (hub, conn) = (self.node.hub.clone(), self.id);
         self.pending = Some(Box::pin(async move {
             hub.unsubscribe(&Channel::Room(room), conn).await;
+            Presence::sent(left).await;
             Done::Unsubscribed { id }
         }));
         Flow::Continue
@@ -297,7 +322,12 @@ where
     }
 
     fn refresh(&mut self, token: &str, id: Option<RequestId>) -> Flow {
-        match self.node.verifier.verify_refresh(token, &self.user) {
+        let verified = self
+            .node
+            .verifier
+            .verify_refresh(token, &self.user)
+            .and_then(|identity| self.node.revocations.check(&identity).map(|()| identity));
+        match verified {
             Err(e) => {
                 self.node
                     .metrics
@@ -315,6 +345,7 @@ where
                 // Rooms already joined stay joined; the new grants apply to later subscribes.
                 self.expires =
                     super::deadline_of(identity.expires_at, self.node.config.auth.leeway_seconds);
+                self.node.hub.set_owner(self.id, super::owner_of(&identity));
                 self.rooms_grant = identity.rooms;
                 self.publish_grant = identity.publish;
                 self.reply(ServerFrame::Ok { id })

@@ -17,3 +17,5 @@ mod drain;
 mod frames;
 mod hardening;
 mod lifetime;
+mod presence;
+mod server_api;

@@ -511,44 +511,12 @@ async fn a_slot_migration_with_its_history_loses_no_offset() {
     require_redis!();
     let mut cluster = RedisCluster::start().await;
     let seen = through_fault(&mut cluster, "slot migration", async |cluster| {
-        let slot = fred::util::redis_keyslot(b"gw:room:fault");
-        let src = cluster.owner(slot).await;
-        let masters: Vec<u16> = cluster
-            .slots()
-            .await
-            .iter()
-            .map(|(_, _, p, _)| *p)
-            .collect();
-        let dst = *masters.iter().find(|p| **p != src).unwrap();
-        let (src_id, dst_id) = (cluster.id(src).await, cluster.id(dst).await);
-        let slot = slot.to_string();
-        let run = async |port: u16, args: &[&str]| {
-            let reply = Resp::connect(port).await.unwrap().cmd(args).await.unwrap();
-            assert_eq!(reply, Reply::Simple("OK".into()), "{args:?} on {port}");
-        };
-        run(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]).await;
-        run(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]).await;
-        // The history keys move with their slot, as `redis-cli --cluster
-        // reshard` moves them.
-        let mut c = Resp::connect(src).await.unwrap();
-        let keys = c
-            .cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
-            .await
-            .unwrap();
-        let keys: Vec<String> = keys.items().iter().map(Reply::text).collect();
-        assert_eq!(keys.len(), 2, "the stream and the meta hash: {keys:?}");
-        let dst_port = dst.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000", "KEYS"];
-        args.extend(keys.iter().map(String::as_str));
-        let reply = c.cmd(&args).await.unwrap();
-        assert!(
-            matches!(reply, Reply::Simple(ref s) if s == "OK" || s == "NOKEY"),
-            "{reply:?}"
-        );
-        run(dst, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
-        run(src, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
-        for other in masters.iter().filter(|p| **p != src && **p != dst) {
-            run(*other, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
+        // The history keys move with their slot (presence's too).
+        let moved = cluster
+            .migrate_slot(fred::util::redis_keyslot(b"gw:room:fault"))
+            .await;
+        for key in ["h|{gw:room:fault}", "m|{gw:room:fault}"] {
+            assert!(moved.iter().any(|k| k == key), "{key} not in {moved:?}");
         }
     })
     .await;

@@ -310,6 +310,45 @@ impl RedisCluster {
     }
 
     /// The port of a replica of the master on `master`.
+    /// Moves `slot` to another master the way `redis-cli --cluster
+    /// reshard` does (IMPORTING / MIGRATING, MIGRATE of every key in it,
+    /// SETSLOT NODE everywhere); returns the keys that moved.
+    pub async fn migrate_slot(&self, slot: u16) -> Vec<String> {
+        let src = self.owner(slot).await;
+        let masters: Vec<u16> = self.slots().await.iter().map(|(_, _, p, _)| *p).collect();
+        let dst = *masters.iter().find(|p| **p != src).unwrap();
+        let (src_id, dst_id) = (self.id(src).await, self.id(dst).await);
+        let slot = slot.to_string();
+        let run = async |port: u16, args: &[&str]| {
+            let reply = Resp::connect(port).await.unwrap().cmd(args).await.unwrap();
+            assert_eq!(reply, Reply::Simple("OK".into()), "{args:?} on {port}");
+        };
+        run(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]).await;
+        run(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]).await;
+        let mut c = Resp::connect(src).await.unwrap();
+        let keys = c
+            .cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"])
+            .await
+            .unwrap();
+        let keys: Vec<String> = keys.items().iter().map(Reply::text).collect();
+        if !keys.is_empty() {
+            let dst_port = dst.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            let reply = c.cmd(&args).await.unwrap();
+            assert!(
+                matches!(reply, Reply::Simple(ref s) if s == "OK" || s == "NOKEY"),
+                "{reply:?}"
+            );
+        }
+        run(dst, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
+        run(src, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
+        for other in masters.iter().filter(|p| **p != src && **p != dst) {
+            run(*other, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]).await;
+        }
+        keys
+    }
+
     pub async fn replica_of(&self, master: u16) -> u16 {
         for s in self.servers.iter().filter(|s| s.child.is_some()) {
             let role = Resp::connect(s.port)

@@ -19,4 +19,5 @@ mod classic;
 mod cluster;
 mod continuity;
 mod faults;
+mod presence;
 mod secure;

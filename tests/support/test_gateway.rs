@@ -221,6 +221,23 @@ impl TestGateway {
         super::http::publish(self.addr, API_KEY, channel, data).await
     }
 
+    /// A server API call with the kit's key: status and JSON body (`Null`
+    /// when the body is not JSON).
+    pub async fn api(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let auth = format!("Bearer {API_KEY}");
+        let (status, text) = http(self.addr, method, path, &[("authorization", &auth)], body).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The `presence` object of `room` from `GET /api/presence`.
+    pub async fn presence(&self, room: &str) -> Value {
+        let (status, body) = self
+            .api("GET", &format!("/api/presence?channel=room:{room}"), "")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// `GET path`; status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http(self.addr, "GET", path, &[], "").await

@@ -150,3 +150,37 @@ pub(super) fn publisher(settings: &RedisSettings) -> Result<Client, fred::error:
     )
     .build()
 }
+
+/// `FCALL function 1 key args...` within `timeout`, errors mapped to the
+/// broker's (the cause logged at debug: the caller reports the outcome).
+pub(super) async fn fcall(
+    client: &Client,
+    function: &'static str,
+    key: fred::bytes_utils::Str,
+    args: Vec<fred::types::Value>,
+    timeout: Duration,
+) -> Result<fred::types::Value, crate::broker::BrokerError> {
+    use fred::interfaces::FunctionInterface;
+    timed(
+        function,
+        timeout,
+        client.fcall::<fred::types::Value, _, _, _>(function, vec![key], args),
+    )
+    .await
+}
+
+/// Runs one Redis command within `timeout`, errors mapped to the broker's.
+pub(super) async fn timed<T>(
+    what: &'static str,
+    timeout: Duration,
+    command: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+) -> Result<T, crate::broker::BrokerError> {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::debug!(command = what, error = %e, "redis command failed");
+            Err(crate::broker::BrokerError::Unavailable)
+        }
+        Err(_) => Err(crate::broker::BrokerError::Timeout),
+    }
+}

@@ -21,7 +21,8 @@ use super::topology::Addr;
 use bytes::Bytes;
 
 use crate::broker::BrokerEvent;
-use crate::protocol::Publication;
+use crate::cluster::Control;
+use crate::protocol::{Channel, Publication};
 
 /// A connection fred has established, not yet adopted.
 pub(super) struct Opened {
@@ -178,29 +179,55 @@ async fn read(
             shared.refresh_state();
             continue;
         }
-        let Some(channel) = shared.names.parse(&message.channel) else {
-            continue;
+        let event = if message.channel == shared.control {
+            let Some(control) = message.value.as_bytes().and_then(Control::decode) else {
+                tracing::debug!("unreadable control message ignored");
+                continue;
+            };
+            BrokerEvent::Control(control)
+        } else {
+            let Some(channel) = shared.names.parse(&message.channel) else {
+                continue;
+            };
+            // The payload's bytes are handed on as they came from the socket.
+            let Some(payload) = message.value.into_bytes() else {
+                continue;
+            };
+            match presence_move(&channel, &payload) {
+                Some(event) => event,
+                None => {
+                    let (offset, epoch, payload) = split_offset(payload);
+                    BrokerEvent::Publication(Publication {
+                        channel,
+                        payload,
+                        received_at,
+                        offset,
+                        epoch,
+                    })
+                }
+            }
         };
-        // The payload's bytes are handed on as they came from the socket.
-        let Some(payload) = message.value.into_bytes() else {
-            continue;
-        };
-        let (offset, epoch, payload) = split_offset(payload);
-        let publication = Publication {
-            channel,
-            payload,
-            received_at,
-            offset,
-            epoch,
-        };
-        if inbound
-            .send(BrokerEvent::Publication(publication))
-            .await
-            .is_err()
-        {
+        if inbound.send(event).await.is_err() {
             break;
         }
     }
+}
+
+/// `gw_presence`'s `\0j:<user>` / `\0l:<user>` on a room channel.
+fn presence_move(channel: &Channel, payload: &[u8]) -> Option<BrokerEvent> {
+    let Channel::Room(room) = channel else {
+        return None;
+    };
+    let (joined, user) = if let Some(user) = payload.strip_prefix(b"\0j:") {
+        (true, user)
+    } else {
+        (false, payload.strip_prefix(b"\0l:")?)
+    };
+    Some(BrokerEvent::Presence {
+        room: room.clone(),
+        user: std::str::from_utf8(user).ok()?.into(),
+        joined,
+    })
 }
 
 /// Splits `gw_publish`'s `\0h:<offset>:<epoch>:<data>` into its parts
@@ -265,6 +292,23 @@ async fn watch_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_moves_are_read_on_room_channels_only() {
+        let room = Channel::parse("room:lobby").unwrap();
+        match presence_move(&room, b"\0j:alice") {
+            Some(BrokerEvent::Presence { user, joined, .. }) => {
+                assert_eq!((&*user, joined), ("alice", true))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            presence_move(&room, b"\0l:bob"),
+            Some(BrokerEvent::Presence { joined: false, .. })
+        ));
+        assert!(presence_move(&room, b"{\"a\":1}").is_none());
+        assert!(presence_move(&Channel::Broadcast, b"\0j:alice").is_none());
+    }
 
     #[test]
     fn offsets_are_split_from_data_without_parsing_it() {

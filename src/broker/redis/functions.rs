@@ -1,8 +1,10 @@
 //! The Redis Function library `gw` (`gw.lua`): `gw_publish` (number, store,
-//! trim, expire and publish in one atomic step), `gw_history` and
-//! `gw_epoch`. Its retention rules are generated from `[history]` here, the
-//! same rules the node applies (`continuity::RetentionRules`), so a
-//! backend's `FCALL gw_publish` and the node agree on every channel.
+//! trim, expire and publish in one atomic step), `gw_history`, `gw_epoch`,
+//! and presence's `gw_presence` and `gw_presence_get`. Its retention rules
+//! are generated from `[history]` here, the same rules the node applies
+//! (`continuity::RetentionRules`), so a backend's `FCALL gw_publish` and the
+//! node agree on every channel; likewise the rooms with join / leave events
+//! from `[presence]`.
 //!
 //! The library is loaded with `FUNCTION LOAD REPLACE` on every master's
 //! subscriber connection when it is (re)established: at start-up, after a
@@ -11,6 +13,7 @@
 
 use std::fmt::Write as _;
 
+use crate::config::PresenceConfig;
 use crate::continuity::RetentionRules;
 
 const TEMPLATE: &str = include_str!("gw.lua");
@@ -38,7 +41,12 @@ fn lua_str(s: &str) -> String {
 }
 
 /// The library's source for these rules, channel prefix and pub/sub mode.
-pub(super) fn library(rules: &RetentionRules, prefix: &str, sharded: bool) -> String {
+pub(super) fn library(
+    rules: &RetentionRules,
+    presence: &PresenceConfig,
+    prefix: &str,
+    sharded: bool,
+) -> String {
     let mut config = String::new();
     let _ = writeln!(config, "local PREFIX = {}", lua_str(prefix));
     let _ = writeln!(
@@ -67,6 +75,17 @@ pub(super) fn library(rules: &RetentionRules, prefix: &str, sharded: bool) -> St
             r.size,
             r.ttl_seconds
         );
+    }
+    config.push_str("}\n");
+    let _ = writeln!(config, "local EVENTS_MAX = {}", presence.events_max_members);
+    config.push_str("local EVENTS = {\n");
+    for pattern in &presence.events {
+        // The syntax of the `rooms` claim: exact, or a prefix ending in `*`.
+        let (name, prefix) = match pattern.strip_suffix('*') {
+            Some(name) => (name, true),
+            None => (pattern.as_str(), false),
+        };
+        let _ = writeln!(config, "  {{{}, {prefix}}},", lua_str(name));
     }
     config.push_str("}\n");
     let start = TEMPLATE.find(CONFIG_START).map(|i| i + CONFIG_START.len());
@@ -100,7 +119,11 @@ mod tests {
             }],
             ..HistoryConfig::default()
         });
-        let lua = library(&rules, "gw:", true);
+        let presence = PresenceConfig {
+            events: vec!["chat:*".into(), "lobby".into()],
+            ..PresenceConfig::default()
+        };
+        let lua = library(&rules, &presence, "gw:", true);
         assert!(
             lua.starts_with("#!lua name=gw\n"),
             "FUNCTION LOAD needs the shebang first"
@@ -112,10 +135,13 @@ mod tests {
             "local ROOM = {100, 300}",
             "local USER = {50, 600}",
             "  {'ticker:', true, 0, 300},",
+            "local EVENTS_MAX = 1000",
+            "  {'chat:', true},",
+            "  {'lobby', false},",
         ] {
             assert!(lua.contains(line), "{line}\n{lua}");
         }
-        assert!(library(&rules, "gw:", false).contains("local PUBLISH = 'PUBLISH'"));
+        assert!(library(&rules, &presence, "gw:", false).contains("local PUBLISH = 'PUBLISH'"));
     }
 
     #[test]

@@ -15,6 +15,15 @@
 --          after the last publication or read
 -- The published message is "\0h:<offset>:<epoch>:<data>", so that a node
 -- splits offset from data without parsing the data.
+--
+-- Presence (contract section 7), per room, in the room channel's slot too:
+--   pu|...         a hash: user -> that user's sockets, over every node
+--   pc|...         a string: every socket, over every node
+--   pn|...         a hash: node (hex) -> until when (ms) its entries live
+--   pz:<node>|...  a hash: user -> that user's sockets on that node
+-- so counts are O(1) to read and a node that stops refreshing is pruned by
+-- the next call that touches the room. Join and leave are published on the
+-- room channel as "\0j:<user>" and "\0l:<user>".
 
 -- CONFIG
 -- CONFIG END
@@ -194,6 +203,133 @@ local function gw_epoch(keys, args)
   return {top, epoch}
 end
 
+local function presence_events(channel)
+  if string.sub(channel, 1, #PREFIX + 5) ~= PREFIX .. 'room:' then return false end
+  local room = string.sub(channel, #PREFIX + 6)
+  for _, rule in ipairs(EVENTS) do
+    local name, prefix = rule[1], rule[2]
+    if (prefix and string.sub(room, 1, #name) == name) or (not prefix and room == name) then
+      return true
+    end
+  end
+  return false
+end
+
+-- Applies a change in one user's sockets, over every node, to the room's
+-- totals; records whether the user joined (first socket) or left (last).
+local function tally(p, user, diff, moves)
+  if diff == 0 then return end
+  local after = redis.call('HINCRBY', p.pu, user, diff)
+  local before = after - diff
+  if after <= 0 then redis.call('HDEL', p.pu, user) end
+  redis.call('INCRBY', p.pc, diff)
+  if before <= 0 and after > 0 then
+    moves[#moves + 1] = '\0j:' .. user
+  elseif before > 0 and after <= 0 then
+    moves[#moves + 1] = '\0l:' .. user
+  end
+end
+
+local function room_keys(channel)
+  return {channel = channel, pu = key('pu', channel), pc = key('pc', channel), pn = key('pn', channel)}
+end
+
+-- Drops the entries of nodes that stopped refreshing.
+local function prune(p, now, moves)
+  local nodes = redis.call('HGETALL', p.pn)
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) <= now then
+      local pz = key('pz:' .. nodes[i], p.channel)
+      local entries = redis.call('HGETALL', pz)
+      for j = 1, #entries, 2 do
+        tally(p, entries[j], -tonumber(entries[j + 1]), moves)
+      end
+      redis.call('DEL', pz)
+      redis.call('HDEL', p.pn, nodes[i])
+    end
+  end
+end
+
+local function announce(p, moves)
+  if #moves == 0 or not presence_events(p.channel) then return end
+  if redis.call('HLEN', p.pu) > EVENTS_MAX then return end
+  for _, move in ipairs(moves) do redis.call(PUBLISH, p.channel, move) end
+end
+
+-- One node's changes to a room: args are node (hex), ttl ms, mode ('full':
+-- the node's whole state; 'delta': changes) and then user, count pairs.
+-- Returns {unknown, users}: unknown = 1 when a delta found no live entries
+-- of the node (nothing applied; the node sends its whole state next).
+local function gw_presence(keys, args)
+  local p = room_keys(keys[1])
+  local node, ttl, mode = args[1], tonumber(args[2]), args[3]
+  local pz = key('pz:' .. node, p.channel)
+  local now = now_ms()
+  local moves = {}
+  prune(p, now, moves)
+  local live = redis.call('HEXISTS', p.pn, node) == 1
+  if mode == 'full' then
+    local old = {}
+    local entries = redis.call('HGETALL', pz)
+    for j = 1, #entries, 2 do old[entries[j]] = tonumber(entries[j + 1]) end
+    redis.call('DEL', pz)
+    for i = 4, #args, 2 do
+      local user, n = args[i], tonumber(args[i + 1])
+      if n > 0 then
+        redis.call('HSET', pz, user, n)
+        tally(p, user, n - (old[user] or 0), moves)
+        old[user] = nil
+      end
+    end
+    for user, n in pairs(old) do tally(p, user, -n, moves) end
+  elseif not live then
+    announce(p, moves)
+    return {1, redis.call('HLEN', p.pu)}
+  else
+    for i = 4, #args, 2 do
+      local user, d = args[i], tonumber(args[i + 1])
+      local c = redis.call('HINCRBY', pz, user, d)
+      if c <= 0 then
+        redis.call('HDEL', pz, user)
+        d = d - c
+      end
+      tally(p, user, d, moves)
+    end
+  end
+  if redis.call('EXISTS', pz) == 1 then
+    redis.call('HSET', p.pn, node, now + ttl)
+    redis.call('PEXPIRE', pz, ttl * 2)
+  else
+    redis.call('HDEL', p.pn, node)
+  end
+  for _, k in ipairs({p.pu, p.pc, p.pn}) do redis.call('PEXPIRE', k, ttl * 2) end
+  announce(p, moves)
+  return {0, redis.call('HLEN', p.pu)}
+end
+
+-- {users, clients, member, ...}: at most args[1] members, any subset when
+-- there are more.
+local function gw_presence_get(keys, args)
+  local p = room_keys(keys[1])
+  local moves = {}
+  prune(p, now_ms(), moves)
+  announce(p, moves)
+  local users = redis.call('HLEN', p.pu)
+  local clients = tonumber(redis.call('GET', p.pc) or '0')
+  local max = tonumber(args[1]) or 0
+  local out = {users, math.max(clients, 0)}
+  local members = {}
+  if users <= max then
+    members = redis.call('HKEYS', p.pu)
+  elseif max > 0 then
+    members = redis.call('HRANDFIELD', p.pu, max)
+  end
+  for _, m in ipairs(members) do out[#out + 1] = m end
+  return out
+end
+
+redis.register_function('gw_presence', gw_presence)
+redis.register_function('gw_presence_get', gw_presence_get)
 redis.register_function('gw_publish', gw_publish)
 redis.register_function('gw_history', gw_history)
 redis.register_function('gw_epoch', gw_epoch)

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use fred::bytes_utils::Str;
 use fred::clients::Client;
-use fred::interfaces::FunctionInterface;
 use fred::types::Value;
 
+use super::client::fcall;
 use crate::broker::BrokerError;
 use crate::continuity::{HistoryPage, Stored};
 use crate::metrics::Metrics;
@@ -30,7 +30,7 @@ pub(super) async fn read(
         limit.to_string().into(),
     ];
     let start = Instant::now();
-    let reply = call(&client, "gw_history", name, args, timeout).await?;
+    let reply = fcall(&client, "gw_history", name, args, timeout).await?;
     metrics
         .history_read_latency
         .observe(start.elapsed().as_secs_f64());
@@ -45,30 +45,8 @@ pub(super) async fn new_epoch(
     timeout: Duration,
 ) -> Result<Option<Position>, BrokerError> {
     let args: Vec<Value> = vec![stale.epoch.as_str().into(), stale.offset.to_string().into()];
-    let reply = call(&client, "gw_epoch", name, args, timeout).await?;
+    let reply = fcall(&client, "gw_epoch", name, args, timeout).await?;
     Ok(page(reply).map(|p| p.position))
-}
-
-async fn call(
-    client: &Client,
-    function: &'static str,
-    name: Str,
-    args: Vec<Value>,
-    timeout: Duration,
-) -> Result<Value, BrokerError> {
-    match tokio::time::timeout(
-        timeout,
-        client.fcall::<Value, _, _, _>(function, vec![name], args),
-    )
-    .await
-    {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            tracing::debug!(function, error = %e, "history call failed");
-            Err(BrokerError::Unavailable)
-        }
-        Err(_) => Err(BrokerError::Timeout),
-    }
 }
 
 /// `{top, epoch, offset, data, ...}`; `{}` (no history) is `None`.

@@ -1,5 +1,7 @@
 //! Redis channel names: the contract's `<prefix>room:<R>`, `<prefix>user:<U>`
-//! and `<prefix>broadcast`, plus this node's private probe channels.
+//! and `<prefix>broadcast`, the control channel `<prefix>control` every node
+//! subscribes to, the directory's keys (`<prefix>revoked`, `<prefix>nodes`),
+//! plus this node's private probe channels.
 //!
 //! Names are fred `Str`s (shared bytes), so the table, the commands and the
 //! inbound path pass the same allocation around instead of copying it.
@@ -48,6 +50,21 @@ impl Names {
         name.strip_prefix(&*self.prefix).and_then(Channel::parse)
     }
 
+    /// The control channel: disconnects and revocations for every node.
+    pub(super) fn control(&self) -> Str {
+        Str::from(format!("{}control", self.prefix))
+    }
+
+    /// The hash of revocations kept until the tokens they cover expire.
+    pub(super) fn revoked(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+
+    /// The hash of the node registry.
+    pub(super) fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
     /// The probe channel of a single Redis (or of classic mode).
     pub(super) fn probe(&self) -> Str {
         Str::from(format!("{}probe:{}", self.prefix, self.instance))
@@ -90,6 +107,11 @@ mod tests {
         }
         assert_eq!(&*names.channel(&Channel::Broadcast), "gw:broadcast");
         assert_eq!(names.parse("other:room:lobby"), None);
+        assert_eq!(
+            names.parse(&names.control()),
+            None,
+            "control is not a channel"
+        );
         let probe = names.probe();
         assert!(names.is_probe(&probe) && names.parse(&probe).is_none());
         assert!(

@@ -17,6 +17,7 @@ use super::names::Names;
 use super::table::Table;
 use super::topology::Addr;
 use crate::broker::BrokerState;
+use crate::config::PresenceConfig;
 use crate::continuity::RetentionRules;
 use crate::metrics::Metrics;
 use crate::protocol::Channel;
@@ -31,6 +32,8 @@ pub(super) struct Shared {
     pub(super) metrics: Metrics,
     /// The broadcast channel's name: always wanted, and live whenever Up.
     pub(super) broadcast: Str,
+    /// The control channel's name: likewise.
+    pub(super) control: Str,
     /// Desired and live subscriptions. A std mutex: held for map operations
     /// only, never across an await.
     table: Mutex<Table>,
@@ -57,10 +60,14 @@ impl Shared {
         metrics: Metrics,
         broadcast: Str,
         rules: RetentionRules,
+        presence: &PresenceConfig,
     ) -> Shared {
+        let control = names.control();
         let mut table = Table::default();
         table.want_quietly(broadcast.clone());
-        let library = super::functions::library(&rules, &settings.prefix, settings.sharded);
+        table.want_quietly(control.clone());
+        let library =
+            super::functions::library(&rules, presence, &settings.prefix, settings.sharded);
         Shared {
             rules,
             library,
@@ -69,6 +76,7 @@ impl Shared {
             names,
             metrics,
             broadcast,
+            control,
             table: Mutex::new(table),
             wake: Notify::new(),
             fleet: Mutex::new(Fleet::default()),
@@ -83,19 +91,19 @@ impl Shared {
         self.rules.of(channel).is_some() && !self.functions_unsupported.load(Ordering::Relaxed)
     }
 
-    /// Whether the Function library must be loaded before the broker is Up.
+    /// Whether the Function library must be loaded before the broker is Up
+    /// (presence needs it whatever `[history]` says).
     pub(super) fn needs_functions(&self) -> bool {
-        let r = &self.rules;
-        let any = r.room.0 > 0 || r.user.0 > 0 || r.rooms.iter().any(|rule| rule.size > 0);
-        any && !self.functions_unsupported.load(Ordering::Relaxed)
+        !self.functions_unsupported.load(Ordering::Relaxed)
     }
 
     /// Redis has no functions: history is off from now on.
     pub(super) fn functions_unsupported(&self) {
         if !self.functions_unsupported.swap(true, Ordering::Relaxed) {
             tracing::error!(
-                "redis has no FUNCTION command (Redis < 7): history, offsets and resume are OFF; \
-                 clients get `recovered: false` and events carry no offset"
+                "redis has no FUNCTION command (Redis < 7): history, offsets, resume and presence \
+                 are OFF; clients get `recovered: false`, events carry no offset and presence \
+                 queries fail with `unavailable`"
             );
         }
     }
@@ -150,7 +158,10 @@ impl Shared {
             self.now(),
             timeout,
             self.needs_functions(),
-        ) && self.table().is_live(&self.broadcast);
+        ) && {
+            let table = self.table();
+            table.is_live(&self.broadcast) && table.is_live(&self.control)
+        };
         let next = if up {
             BrokerState::Up
         } else {
