@@ -5,9 +5,16 @@
 # process here may hold at most 20,000 open files).
 #
 #   bench/idle-memory.sh [SOCKETS]
+#
+# SETTLE (seconds, default 5) is how long the sockets sit idle before the
+# sample. Right after a resume each socket keeps a few bytes per channel until
+# its first heartbeat (see outbox.rs, floors); the steady state of an idle
+# socket is measured with a short heartbeat and a SETTLE past it:
+#   GATEWAY_WEBSOCKET_HEARTBEAT_SECONDS=5 SETTLE=8 bench/idle-memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOCKETS=${1:-15000}
+SETTLE=${SETTLE:-5}
 PORT=${PORT:-18181}
 cargo build --release -q -p gateway -p gateway-loadtest
 GATEWAY_SERVER_LISTEN=127.0.0.1:$PORT GATEWAY_LOG_LEVEL=warn GATEWAY_LIMITS_CONNECT_RATE=0 \
@@ -24,7 +31,7 @@ LT=$!
 PEAK=0; OPEN=0
 for _ in $(seq 600); do
     OPEN=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1=="gateway_sockets_open" {print $2}')
-    if [[ ${OPEN:-0} -ge $SOCKETS ]]; then sleep 5; PEAK=$(rss); OPEN=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1=="gateway_sockets_open" {print $2}'); break; fi
+    if [[ ${OPEN:-0} -ge $SOCKETS ]]; then sleep "$SETTLE"; PEAK=$(rss); OPEN=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '$1=="gateway_sockets_open" {print $2}'); break; fi
     sleep 0.2
 done
 wait $LT || true

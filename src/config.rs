@@ -135,6 +135,11 @@ pub struct WebSocketConfig {
     pub read_buffer_bytes: usize,
     /// Server ping interval, also announced in `welcome`.
     pub heartbeat_seconds: u64,
+    /// Under load, writes to one socket are at least this many ms apart, so
+    /// a burst goes out in fewer, larger writes (fewer system calls per
+    /// event); the first frame after a quiet spell is written at once.
+    /// 0 = write as soon as anything is queued.
+    pub write_coalesce_ms: u64,
     /// A peer silent for this long is closed and removed.
     pub heartbeat_timeout_seconds: u64,
     /// Outbound queue bound in frames; overflow closes with 4008.
@@ -151,8 +156,9 @@ impl Default for WebSocketConfig {
     fn default() -> Self {
         Self {
             max_frame_bytes: 65_536,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             heartbeat_seconds: 25,
+            write_coalesce_ms: 5,
             heartbeat_timeout_seconds: 60,
             outbox_max_frames: 1024,
             outbox_max_bytes: 1 << 20,

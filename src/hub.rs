@@ -14,7 +14,6 @@
 //! and the one deliverer of broker events, so gap repair keeps per-channel
 //! order; `hub/join.rs` subscribes a socket and resumes it from history.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +31,9 @@ use crate::protocol::{Channel, Event, Format, Position, ServerFrame, encode_serv
 
 mod join;
 mod pump;
+mod subs;
+
+use subs::Subs;
 
 /// A node-unique connection id.
 pub type ConnId = u64;
@@ -68,7 +70,7 @@ struct Conn {
 #[derive(Default)]
 struct ChannelSubs {
     live: bool,
-    subs: HashMap<ConnId, Subscriber, FxBuildHasher>,
+    subs: Subs,
     track: Track,
 }
 
@@ -244,7 +246,7 @@ impl Hub {
     }
 
     fn insert(&self, entry: &mut ChannelSubs, id: ConnId, subscriber: Subscriber) -> Joined {
-        if entry.subs.insert(id, subscriber).is_some() {
+        if entry.subs.insert(id, subscriber) {
             return Joined::Already;
         }
         self.metrics.subscriptions.inc();
@@ -276,7 +278,7 @@ impl Hub {
     fn remove_local(&self, channel: &Channel, id: ConnId) -> Left {
         let mut outcome = Left::NotThere;
         let emptied = self.channels.remove_if_mut(channel, |_, entry| {
-            if entry.subs.remove(&id).is_some() {
+            if entry.subs.remove(id) {
                 outcome = Left::Member;
             }
             entry.subs.is_empty()
@@ -358,7 +360,7 @@ impl Hub {
             Channel::Broadcast => self.conns.iter().for_each(|entry| push(&entry.value().sub)),
             channel => {
                 if let Some(entry) = self.channels.get(channel) {
-                    entry.subs.values().for_each(&mut push);
+                    entry.subs.for_each(&mut push);
                 }
             }
         }

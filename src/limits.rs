@@ -136,9 +136,10 @@ impl Drop for ConnPermit {
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
+    // f32: rates and bursts are small integers, and every socket has one.
+    rate: f32,
+    burst: f32,
+    tokens: f32,
     last: Instant,
 }
 
@@ -146,16 +147,16 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> TokenBucket {
         TokenBucket {
-            rate: rate as f64,
-            burst: burst as f64,
-            tokens: burst as f64,
+            rate: rate as f32,
+            burst: burst as f32,
+            tokens: burst as f32,
             last: Instant::now(),
         }
     }
 
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {

@@ -9,7 +9,7 @@
 //! which closes it with 4008. Replayed history is the one exception (the
 //! contract paces a replay to the socket rather than to the queue's limit),
 //! so it is queued uncounted. An idle outbox allocates nothing (an empty
-//! `VecDeque` and a `Notify`), which is what keeps an idle socket cheap.
+//! `VecDeque` and a [`Wake`]), which is what keeps an idle socket cheap.
 //!
 //! A *hold* parks one channel's events while the session resumes it: they
 //! wait beside the queue until `release` puts the reply, the replay and then
@@ -23,7 +23,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::protocol::{Channel, Disconnect};
@@ -68,25 +71,83 @@ pub enum Status {
     Close(Disconnect),
 }
 
-/// Events of one channel parked while the session resumes it; after the
-/// release, the floor below which its events are already covered.
+/// Events of one channel parked while the session resumes it.
 #[derive(Debug)]
 struct Hold {
     channel: Channel,
     frames: VecDeque<(Outgoing, Option<u64>)>,
-    /// `Some` once released: events at or below it are duplicates.
-    floor: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Outgoing>,
     /// Frames and bytes that count against the bounds (queue and holds).
-    frames: usize,
-    bytes: usize,
+    frames: u32,
+    bytes: u32,
     close: Option<Disconnect>,
-    /// Empty except while a channel is being resumed.
+    /// `None` except while a channel is being resumed and shortly after:
+    /// boxed, so an idle socket's outbox carries one pointer for it.
+    resuming: Option<Box<Resuming>>,
+}
+
+/// Holds and floors of channels being resumed.
+#[derive(Debug, Default)]
+struct Resuming {
     holds: Vec<Hold>,
+    /// After a resume, per channel, the offset up to which its events are
+    /// covered by the replay (duplicates), until a newer one passes.
+    floors: Vec<(Channel, u64)>,
+}
+
+impl State {
+    fn resuming(&mut self) -> &mut Resuming {
+        self.resuming.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the resume state once nothing is held and no floor is kept.
+    fn tidy(&mut self) {
+        if self
+            .resuming
+            .as_ref()
+            .is_some_and(|r| r.holds.is_empty() && r.floors.is_empty())
+        {
+            self.resuming = None;
+        }
+    }
+}
+
+/// The session's wake-up: a flag and the one waker of the one task that
+/// waits (the socket's session). Smaller than a `Notify` in the outbox and
+/// in the session's waiting future (no intrusive waiter node), and a signal
+/// is an atomic swap and a wake, with no lock. A signal while nobody waits
+/// is kept for the next wait, like a `Notify` permit.
+#[derive(Debug, Default)]
+struct Wake {
+    signaled: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    fn signal(&self) {
+        self.signaled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.signaled.swap(false, Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A signal between the check and the registration is not lost.
+            if self.signaled.swap(false, Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// A bounded queue of outbound frames for one socket.
@@ -94,7 +155,7 @@ struct State {
 pub struct Outbox {
     // A plain mutex: held for a push or a swap, never across an await.
     state: Mutex<State>,
-    wake: Notify,
+    wake: Wake,
     max_frames: u32,
     max_bytes: u32,
 }
@@ -104,7 +165,7 @@ impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            wake: Wake::default(),
             max_frames: max_frames.min(u32::MAX as usize) as u32,
             max_bytes: max_bytes.min(u32::MAX as usize) as u32,
         }
@@ -148,44 +209,45 @@ impl Outbox {
         if state.close.is_some() {
             return Err(PushError::Closed);
         }
-        if state.frames >= self.max_frames as usize || state.bytes + len > self.max_bytes as usize {
+        if state.frames >= self.max_frames || state.bytes as usize + len > self.max_bytes as usize {
             state.close = Some(Disconnect::SlowConsumer);
             state.queue = VecDeque::new();
-            state.holds = Vec::new();
+            state.resuming = None;
             state.frames = 0;
             state.bytes = 0;
             drop(state);
-            self.wake.notify_one();
+            self.wake.signal();
             return Err(PushError::Full);
         }
         if let Some(channel) = channel
-            && !state.holds.is_empty()
-            && let Some(i) = state.holds.iter().position(|h| h.channel == *channel)
+            && let Some(resuming) = state.resuming.as_mut()
         {
-            match (state.holds[i].floor, offset) {
-                (None, _) => {
-                    state.frames += 1;
-                    state.bytes += len;
-                    state.holds[i].frames.push_back((out, offset));
+            if let Some(hold) = resuming.holds.iter_mut().find(|h| h.channel == *channel) {
+                hold.frames.push_back((out, offset));
+                state.frames += 1;
+                state.bytes += len as u32;
+                return Ok(());
+            }
+            if let Some(o) = offset
+                && let Some(i) = resuming.floors.iter().position(|(c, _)| c == channel)
+            {
+                // Covered by the replay already queued: a duplicate.
+                if o <= resuming.floors[i].1 {
                     return Ok(());
                 }
-                // Covered by the replay already queued: a duplicate.
-                (Some(floor), Some(o)) if o <= floor => return Ok(()),
                 // Newer than the replay: the floor is passed for good.
-                (Some(_), Some(_)) => {
-                    state.holds.swap_remove(i);
-                }
-                (Some(_), None) => {}
+                resuming.floors.swap_remove(i);
+                state.tidy();
             }
         }
         state.frames += 1;
-        state.bytes += len;
+        state.bytes += len as u32;
         let was_empty = state.queue.is_empty();
         state.queue.push_back(out);
         drop(state);
         // One wake-up per batch: the session takes everything queued at once.
         if was_empty {
-            self.wake.notify_one();
+            self.wake.signal();
         }
         Ok(())
     }
@@ -193,13 +255,13 @@ impl Outbox {
     /// Parks `channel`'s events from now on, until [`release`](Self::release).
     pub fn hold(&self, channel: &Channel) {
         let mut state = self.lock();
-        match state.holds.iter_mut().find(|h| h.channel == *channel) {
-            Some(hold) => hold.floor = None,
-            None => state.holds.push(Hold {
+        let resuming = state.resuming();
+        resuming.floors.retain(|(c, _)| c != channel);
+        if !resuming.holds.iter().any(|h| h.channel == *channel) {
+            resuming.holds.push(Hold {
                 channel: channel.clone(),
                 frames: VecDeque::new(),
-                floor: None,
-            }),
+            });
         }
     }
 
@@ -209,16 +271,16 @@ impl Outbox {
     /// later events at or below `after` are dropped as duplicates.
     pub fn release(&self, channel: &Channel, front: Vec<Message>, after: Option<u64>) {
         let mut state = self.lock();
-        let held = match state.holds.iter().position(|h| h.channel == *channel) {
-            Some(i) if after.is_some() => {
-                let hold = &mut state.holds[i];
-                hold.floor = after;
-                std::mem::take(&mut hold.frames)
-            }
-            Some(i) => state.holds.swap_remove(i).frames,
-            None => VecDeque::new(),
-        };
+        let held = state
+            .resuming
+            .as_mut()
+            .and_then(|r| {
+                let i = r.holds.iter().position(|h| h.channel == *channel)?;
+                Some(r.holds.swap_remove(i).frames)
+            })
+            .unwrap_or_default();
         if state.close.is_some() {
+            state.tidy();
             return;
         }
         state
@@ -233,20 +295,38 @@ impl Outbox {
             let covered = matches!((after, offset), (Some(a), Some(o)) if o <= a);
             if covered {
                 state.frames -= 1;
-                state.bytes -= out.message.len();
+                state.bytes -= out.message.len() as u32;
             } else {
                 passed |= offset.is_some();
                 state.queue.push_back(out);
             }
         }
-        if passed {
-            // A held event newer than the replay already passed the floor.
-            state.holds.retain(|h| h.channel != *channel);
+        // Unless a held event newer than the replay already passed it.
+        if let Some(after) = after
+            && !passed
+        {
+            let floors = &mut state.resuming().floors;
+            floors.push((channel.clone(), after));
+            floors.shrink_to_fit();
         }
+        state.tidy();
         let pending = !state.queue.is_empty();
         drop(state);
         if pending {
-            self.wake.notify_one();
+            self.wake.signal();
+        }
+    }
+
+    /// Forgets every floor. The replay's read runs ahead of fan-out by at
+    /// most the pump's lag, never by a heartbeat period, so a floor that
+    /// old covers nothing still to come (and were it to, the cost would be
+    /// a duplicate with its offset, never a loss). Called at each heartbeat,
+    /// so an idle socket keeps none.
+    pub fn forget_floors(&self) {
+        let mut state = self.lock();
+        if let Some(r) = state.resuming.as_mut() {
+            r.floors = Vec::new();
+            state.tidy();
         }
     }
 
@@ -258,16 +338,19 @@ impl Outbox {
             state.close = Some(reason);
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake.signal();
     }
 
     /// Waits until there is something to take (frames or a close request).
     pub async fn ready(&self) {
-        self.wake.notified().await
+        self.wake.wait().await
     }
 
     /// Moves up to `max` queued frames into `batch` and reports whether to
     /// close (only once nothing is left to write, so queued frames go first).
+    /// Taking everything into an empty `batch` swaps the buffers, so the
+    /// queue is left with `batch`'s (none, for a fresh one): an idle socket's
+    /// queue holds no buffer.
     pub fn take(&self, batch: &mut VecDeque<Outgoing>, max: usize) -> Status {
         let mut state = self.lock();
         if state.close == Some(Disconnect::SlowConsumer) {
@@ -281,7 +364,7 @@ impl Outbox {
         }
         for out in batch.iter().filter(|o| o.counted) {
             state.frames -= 1;
-            state.bytes -= out.message.len();
+            state.bytes -= out.message.len() as u32;
         }
         match state.close {
             Some(reason) if state.queue.is_empty() => Status::Close(reason),
@@ -301,14 +384,25 @@ impl Outbox {
         let pending = !state.queue.is_empty() || state.close.is_some();
         drop(state);
         if pending {
-            self.wake.notify_one();
+            self.wake.signal();
         }
+    }
+
+    /// Buffer capacity the outbox keeps allocated, in entries (for tests:
+    /// an idle socket keeps none).
+    pub fn retained(&self) -> usize {
+        let state = self.lock();
+        state.queue.capacity() + usize::from(state.resuming.is_some())
     }
 
     /// Frames currently queued or held (for tests and introspection).
     pub fn len(&self) -> usize {
         let state = self.lock();
-        state.queue.len() + state.holds.iter().map(|h| h.frames.len()).sum::<usize>()
+        state.queue.len()
+            + state
+                .resuming
+                .as_ref()
+                .map_or(0, |r| r.holds.iter().map(|h| h.frames.len()).sum::<usize>())
     }
 
     /// Whether nothing is queued or held.

@@ -15,7 +15,7 @@
 //! registry when it ends, however it ends (close, error, timeout, panic), so
 //! the node's tables never keep an entry for a gone socket.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use rustc_hash::FxBuildHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -36,7 +35,7 @@ use crate::auth::{Grants, Identity};
 use crate::hub::{ConnId, Owner, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
-use crate::outbox::{Outbox, Outgoing, Status};
+use crate::outbox::{Outbox, Status};
 use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName, Since};
 
 mod commands;
@@ -79,7 +78,16 @@ pub struct ResumeAt {
 }
 
 /// Runs one socket until it closes, then removes it from every table.
-pub async fn run<S>(node: Arc<Node>, ws: WebSocketStream<S>, admitted: Admitted)
+///
+/// Not an `async fn`: the session is built first and only it and the permit
+/// are captured, so the task does not also keep the moved-from arguments
+/// (an `async fn` stores its arguments beside everything built from them,
+/// which on every idle socket is a few hundred bytes of nothing).
+pub fn run<S>(
+    node: Arc<Node>,
+    ws: WebSocketStream<S>,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -89,58 +97,22 @@ where
         permit,
         resume_at,
     } = admitted;
-    let cfg = &node.config;
-    let outbox = Arc::new(Outbox::new(
-        cfg.websocket.outbox_max_frames,
-        cfg.websocket.outbox_max_bytes,
-    ));
-    let bucket = (cfg.limits.messages_per_second > 0).then(|| {
-        TokenBucket::new(
-            cfg.limits.messages_per_second,
-            cfg.limits.message_burst.max(1),
-        )
-    });
-    let expires = deadline_of(identity.expires_at, cfg.auth.leeway_seconds);
-    let me = Subscriber { outbox, format };
-    // The user channel and broadcast are held until `welcome` is queued, so
-    // that `welcome` is the first frame whatever is published meanwhile.
-    let user_channel = Channel::User(identity.user.clone());
-    me.outbox.hold(&user_channel);
-    me.outbox.hold(&Channel::Broadcast);
-    // Nothing above can fail or panic; from here on the socket is in the
-    // tables, and everything runs under the guard that takes it out again.
-    let id = node.hub.register_as(me.clone(), Some(owner_of(&identity)));
-    let mut session = Session {
-        node: node.clone(),
-        ws,
-        id,
-        me,
-        user: identity.user,
-        rooms_grant: identity.rooms,
-        publish_grant: identity.publish,
-        expires,
-        rooms: HashSet::default(),
-        user_joined: false,
-        bucket,
-        strikes: 0,
-        strikes_since: Instant::now(),
-        bad_frames: 0,
-        last_seen: Instant::now(),
-        batch: VecDeque::new(),
-        pending: None,
-        resume_at: Some(Box::new(resume_at)),
-    };
-    let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
-        Ok(end) => end,
-        Err(_) => {
-            tracing::error!(conn = id, "session panicked; socket dropped");
-            End::by(EndedBy::Server)
-        }
-    };
-    node.metrics.session_ended(end);
-    // Leaving is boxed for the same reason as the branches of the event loop.
-    Box::pin(session.leave_everything()).await;
-    drop(permit);
+    // From here on the socket is in the tables; the task takes it out
+    // again however it ends (and `Drop` does, should it never run).
+    let mut session = Session::new(node, ws, identity, format, resume_at);
+    async move {
+        let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
+            Ok(end) => end,
+            Err(_) => {
+                tracing::error!(conn = session.id, "session panicked; socket dropped");
+                End::by(EndedBy::Server)
+            }
+        };
+        session.node.metrics.session_ended(end);
+        // Leaving is boxed for the same reason as the branches of the event loop.
+        Box::pin(session.leave_everything()).await;
+        drop(permit);
+    }
 }
 
 /// Whose token a socket holds, as disconnect and revoke select sockets.
@@ -178,17 +150,45 @@ struct Session<S> {
     rooms_grant: Grants,
     publish_grant: Grants,
     expires: Instant,
-    rooms: HashSet<RoomName, FxBuildHasher>,
+    /// When the next heartbeat ping is due.
+    next_ping: Instant,
+    /// When the outbox was last written (write coalescing).
+    last_flush: Instant,
+    /// A write is deferred to `last_flush + websocket.write_coalesce_ms`,
+    /// to coalesce a burst.
+    deferred: bool,
+    /// Rooms joined (a short list: `limits.max_rooms_per_socket`).
+    rooms: Vec<RoomName>,
     user_joined: bool,
     bucket: Option<TokenBucket>,
     strikes: u32,
     strikes_since: Instant,
     bad_frames: u32,
     last_seen: Instant,
-    batch: VecDeque<Outgoing>,
     pending: Option<Pending>,
-    /// Taken by the join at connect (boxed: idle sockets carry a pointer).
-    resume_at: Option<Box<ResumeAt>>,
+    /// Every table was left (else `Drop` takes the socket out of the registry).
+    left: bool,
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        // Only when the task never ran to its end (dropped before it was
+        // polled, or at runtime shutdown): it had joined nothing yet, or
+        // nothing that outlives the runtime.
+        if !self.left {
+            self.node.hub.unregister(self.id);
+        }
+    }
+}
+
+/// Why the event loop woke.
+enum Woke {
+    /// The outbox has something to write.
+    Queued,
+    /// The timer fired.
+    Timer,
+    /// Handled already.
+    Decided(Flow),
 }
 
 /// What to do after handling one thing.
@@ -206,8 +206,62 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    fn new(
+        node: Arc<Node>,
+        ws: WebSocketStream<S>,
+        identity: Identity,
+        format: Format,
+        resume_at: ResumeAt,
+    ) -> Session<S> {
+        let cfg = &node.config;
+        let outbox = Arc::new(Outbox::new(
+            cfg.websocket.outbox_max_frames,
+            cfg.websocket.outbox_max_bytes,
+        ));
+        let bucket = (cfg.limits.messages_per_second > 0).then(|| {
+            TokenBucket::new(
+                cfg.limits.messages_per_second,
+                cfg.limits.message_burst.max(1),
+            )
+        });
+        let now = Instant::now();
+        let expires = deadline_of(identity.expires_at, cfg.auth.leeway_seconds);
+        let heartbeat = Duration::from_secs(cfg.websocket.heartbeat_seconds);
+        let me = Subscriber { outbox, format };
+        // The user channel and broadcast are held until `welcome` is queued,
+        // so that `welcome` is the first frame whatever is published meanwhile.
+        me.outbox.hold(&Channel::User(identity.user.clone()));
+        me.outbox.hold(&Channel::Broadcast);
+        let id = node.hub.register_as(me.clone(), Some(owner_of(&identity)));
+        let mut session = Session {
+            ws,
+            id,
+            me,
+            user: identity.user,
+            left: false,
+            rooms_grant: identity.rooms,
+            publish_grant: identity.publish,
+            expires,
+            next_ping: now + heartbeat,
+            // Long ago: the first write (`welcome`) is never deferred.
+            last_flush: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+            deferred: false,
+            rooms: Vec::new(),
+            user_joined: false,
+            bucket,
+            strikes: 0,
+            strikes_since: now,
+            bad_frames: 0,
+            last_seen: now,
+            pending: None,
+            node,
+        };
+        // The first command: joining the user channel, resuming it and broadcast.
+        session.pending = Some(session.join(resume_at));
+        session
+    }
+
     async fn serve(&mut self) -> End {
-        self.pending = Some(self.join());
         match self.event_loop().await {
             Flow::Close(reason) => {
                 Box::pin(self.close(reason)).await;
@@ -228,57 +282,110 @@ where
     }
 
     async fn event_loop(&mut self) -> Flow {
-        let ws_cfg = &self.node.config.websocket;
-        let period = Duration::from_secs(ws_cfg.heartbeat_seconds);
-        let silence_limit = Duration::from_secs(ws_cfg.heartbeat_timeout_seconds);
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry = tokio::time::sleep_until(self.expires);
-        tokio::pin!(expiry);
         let outbox = self.me.outbox.clone();
+        // One timer per socket for everything timed (heartbeat, token
+        // expiry, a deferred write): each armed timer costs an idle socket
+        // memory and the runtime's timer wheel an entry.
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
         loop {
             // Not `biased`: under sustained fan-out the outbox is always
             // ready, and a fixed order would starve inbound frames, pongs,
             // heartbeats and token expiry.
-            let flow = tokio::select! {
-                _ = outbox.ready() => Box::pin(self.flush_outbox()).await,
+            // The arms that only need the session decide at once; the two
+            // that write are awaited after the select, so no branch's value
+            // (an inbound frame, a command's outcome) is kept across a write
+            // in every idle socket's task.
+            let woke = tokio::select! {
+                // While a write is deferred the queue is written when the
+                // timer says so; the wake-ups of the burst are not needed.
+                _ = outbox.ready(), if !self.deferred => Woke::Queued,
                 done = poll_pending(&mut self.pending), if self.pending.is_some() => {
                     self.pending = None;
                     // A command starts on an inbound frame (or the upgrade),
                     // and nothing was read while it ran: that time is not
                     // the peer's silence.
                     self.last_seen = Instant::now();
-                    self.apply(done)
+                    Woke::Decided(self.apply(done))
                 }
                 // The next request is read once the previous one is answered.
                 inbound = self.ws.next(), if self.pending.is_none() => {
                     self.last_seen = Instant::now();
-                    match inbound {
-                        // Boxed: the inbound path is rare next to the idle
-                        // wait, and inlining its state would make every idle
-                        // socket's task as large as its largest branch.
-                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
+                    Woke::Decided(match inbound {
+                        Some(Ok(message)) => self.on_message(message),
                         Some(Err(e)) => self.on_read_error(e),
                         None => Flow::Gone,
-                    }
+                    })
                 }
-                _ = heartbeat.tick() => {
-                    if self.pending.is_none() && self.last_seen.elapsed() > silence_limit {
-                        Flow::Close(Disconnect::HeartbeatTimeout)
-                    } else {
-                        self.queue(Message::Ping(Default::default()))
-                    }
-                }
-                _ = &mut expiry => Flow::Close(Disconnect::TokenExpired),
+                _ = &mut timer => Woke::Timer,
+            };
+            let flow = match woke {
+                Woke::Decided(flow) => flow,
+                Woke::Queued => self.on_queued().await,
+                // Boxed: rare next to the idle wait.
+                Woke::Timer => Box::pin(self.on_timer()).await,
             };
             match flow {
                 Flow::Continue => {}
                 other => return other,
             }
-            if expiry.deadline() != self.expires {
-                expiry.as_mut().reset(self.expires);
+            let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
             }
         }
+    }
+
+    /// The earliest of the heartbeat, the token's expiry and a deferred write.
+    fn next_deadline(&self) -> Instant {
+        let due = self.next_ping.min(self.expires);
+        if self.deferred {
+            due.min(self.flush_due())
+        } else {
+            due
+        }
+    }
+
+    /// When a deferred write is due.
+    fn flush_due(&self) -> Instant {
+        self.last_flush + Duration::from_millis(self.node.config.websocket.write_coalesce_ms)
+    }
+
+    /// The outbox has something: write it now, or, if the last write was
+    /// less than `websocket.write_coalesce_ms` ago (a burst), at that
+    /// distance from it, so the burst goes out in fewer, larger writes.
+    async fn on_queued(&mut self) -> Flow {
+        if Instant::now() >= self.flush_due() {
+            return Box::pin(self.flush_outbox()).await;
+        }
+        self.deferred = true;
+        Flow::Continue
+    }
+
+    /// The timer fired: whichever of its deadlines are due.
+    async fn on_timer(&mut self) -> Flow {
+        let now = Instant::now();
+        if now >= self.expires {
+            return Flow::Close(Disconnect::TokenExpired);
+        }
+        if now >= self.next_ping {
+            let ws_cfg = &self.node.config.websocket;
+            let period = Duration::from_secs(ws_cfg.heartbeat_seconds);
+            let silence_limit = Duration::from_secs(ws_cfg.heartbeat_timeout_seconds);
+            // Like `MissedTickBehavior::Delay`: one ping, the next a period on.
+            self.next_ping = now + period;
+            if self.pending.is_none() && self.last_seen.elapsed() > silence_limit {
+                return Flow::Close(Disconnect::HeartbeatTimeout);
+            }
+            // Queued like any frame; written at once unless a write is deferred.
+            let _ = self.queue(Message::Ping(Default::default()));
+            self.me.outbox.forget_floors();
+        }
+        if self.deferred && now >= self.flush_due() {
+            self.deferred = false;
+            return self.flush_outbox().await;
+        }
+        Flow::Continue
     }
 
     /// A read error: the peer broke the protocol (close with 1002 / 1007 /
@@ -320,18 +427,19 @@ where
     /// Writes up to [`MAX_BATCH`] queued frames: `feed` each, one flush.
     async fn flush_outbox(&mut self) -> Flow {
         let outbox = self.me.outbox.clone();
-        let status = outbox.take(&mut self.batch, MAX_BATCH);
+        // Taken into a buffer of this write's own: an idle socket keeps none.
+        let mut batch = VecDeque::new();
+        let status = outbox.take(&mut batch, MAX_BATCH);
         if status == Status::Close(Disconnect::SlowConsumer) {
-            self.batch.clear();
             return Flow::Close(Disconnect::SlowConsumer);
         }
-        if !self.batch.is_empty() {
-            let oldest = self.batch.iter().filter_map(|o| o.received_at).min();
-            let frames = self.batch.len();
-            let bytes: usize = self.batch.iter().map(|o| o.message.len()).sum();
+        if !batch.is_empty() {
+            let oldest = batch.iter().filter_map(|o| o.received_at).min();
+            let frames = batch.len();
+            let bytes: usize = batch.iter().map(|o| o.message.len()).sum();
             let write_timeout = Duration::from_millis(self.node.config.websocket.write_timeout_ms);
             let written = {
-                let (ws, batch) = (&mut self.ws, &mut self.batch);
+                let (ws, batch) = (&mut self.ws, &mut batch);
                 let write = tokio::time::timeout(write_timeout, async {
                     for out in batch.drain(..) {
                         ws.feed(out.message).await?;
@@ -354,25 +462,20 @@ where
                 }
             };
             if outbox.closing() == Some(Disconnect::SlowConsumer) {
-                self.batch.clear();
                 return Flow::Close(Disconnect::SlowConsumer);
             }
             // Wake-ups consumed above, and frames left beyond the batch, must
             // not be stranded.
             outbox.rearm();
             if !matches!(written, Ok(Ok(()))) {
-                self.batch.clear();
                 return Flow::Gone;
             }
+            self.last_flush = Instant::now();
             let m = &self.node.metrics;
             m.frames_out.inc_by(frames as u64);
             m.bytes_out.inc_by(bytes as u64);
             if let Some(t) = oldest {
                 m.fanout_latency.observe(t.elapsed().as_secs_f64());
-            }
-            // A burst can leave a large buffer behind; idle sockets keep none.
-            if self.batch.capacity() > 64 {
-                self.batch = VecDeque::new();
             }
         }
         match status {
@@ -381,7 +484,7 @@ where
         }
     }
 
-    async fn on_message(&mut self, message: Message) -> Flow {
+    fn on_message(&mut self, message: Message) -> Flow {
         if let Message::Close(_) = message {
             return Flow::PeerClosed;
         }
@@ -486,6 +589,7 @@ where
                 .await;
         }
         hub.unregister(self.id);
+        self.left = true;
     }
 }
 

@@ -486,6 +486,13 @@ fn validate(c: &Config) -> Vec<Problem> {
     );
     in_range(
         &mut bad,
+        "websocket.write_coalesce_ms",
+        ws.write_coalesce_ms as usize,
+        0,
+        1000,
+    );
+    in_range(
+        &mut bad,
         "websocket.read_buffer_bytes",
         ws.read_buffer_bytes,
         256,

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
@@ -42,14 +44,14 @@ pub(super) fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     node.metrics.upgrades_accepted.inc();
     let task_node = node.clone();
-    node.lifecycle.sessions().spawn(async move {
+    let upgrade = async move {
         let handshake = Duration::from_millis(task_node.config.server.handshake_timeout_ms);
         let Ok(Ok(upgraded)) = tokio::time::timeout(handshake, on_upgrade).await else {
-            return;
+            return None;
         };
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
             tracing::error!("upgraded connection is not a TcpStream");
-            return;
+            return None;
         };
         // `read_buf` may be a view into hyper's whole read buffer: copy
         // out the few bytes and let the buffer go, or every socket keeps it.
@@ -64,8 +66,17 @@ pub(super) fn handle(
             Some(config),
         )
         .await;
-        session::run(task_node, ws, admitted).await;
+        Some((task_node, ws))
+    };
+    // Two stages chained by `then` rather than one `async` block: the
+    // upgrade's state and `admitted` are gone once the session runs, where
+    // an `async` block would keep them beside the session for the socket's
+    // whole life.
+    let session = upgrade.then(move |upgraded| match upgraded {
+        Some((node, ws)) => Either::Left(session::run(node, ws, admitted)),
+        None => Either::Right(std::future::ready(())),
     });
+    node.lifecycle.sessions().spawn(session);
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Flow, Pending, Session};
+use super::{Flow, Pending, ResumeAt, Session};
 use crate::broker::{BrokerError, Published};
 use crate::continuity::{Resume, Stored};
 use crate::hub::{EVENT_ENVELOPE, Joined};
@@ -54,10 +54,9 @@ where
 {
     /// Joins the user channel and resumes it and `broadcast` (both held in
     /// the outbox since registration); `welcome` follows once it is live.
-    pub(super) fn join(&mut self) -> Pending {
+    pub(super) fn join(&self, at: ResumeAt) -> Pending {
         let (hub, id, me) = (self.node.hub.clone(), self.id, self.me.clone());
         let channel = Channel::User(self.user.clone());
-        let at = self.resume_at.take().map(|b| *b).unwrap_or_default();
         Box::pin(async move {
             let user = hub.join(&channel, id, me, at.user.as_ref()).await;
             let broadcast = hub.resume(&Channel::Broadcast, at.broadcast.as_ref()).await;
@@ -73,8 +72,10 @@ where
                 room,
                 result: Ok(_),
                 ..
-            } => {
-                self.rooms.insert(room.clone());
+            } if !self.rooms.contains(room) => {
+                // Exactly: most sockets join one or two rooms.
+                self.rooms.reserve_exact(1);
+                self.rooms.push(room.clone());
             }
             _ => {}
         }
@@ -278,9 +279,10 @@ where
         let Some(room) = RoomName::parse(room) else {
             return self.error(id, ErrorCode::BadRoom, "invalid room name");
         };
-        if !self.rooms.remove(&room) {
+        let Some(i) = self.rooms.iter().position(|r| *r == room) else {
             return self.reply(ServerFrame::Ok { id });
-        }
+        };
+        self.rooms.swap_remove(i);
         // Gone from presence by the `ok`.
         let left = self.node.presence.leave(&room, &self.user);
         let (hub, conn) = (self.node.hub.clone(), self.id);

@@ -526,3 +526,37 @@ async fn the_session_keeps_writing_while_a_subscribe_waits_on_the_broker() {
     task.await.unwrap();
     tables_empty(&node).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_socket_keeps_no_queue_buffer_and_a_small_task() {
+    let node = node(config());
+    let (mut c, _task) = open(&node, &alice(3600)).await;
+    welcome(&mut c).await;
+    send(
+        &mut c,
+        json!({"type": "subscribe", "room": "lobby", "id": 1}),
+    )
+    .await;
+    assert_eq!(recv(&mut c).await["type"], "ok");
+    // Past the coalescing window, and past a heartbeat (floors forgotten).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let outbox = node.hub.outboxes().pop().unwrap();
+    assert_eq!(outbox.retained(), 0, "buffers kept by an idle outbox");
+    // The session task's future: what every idle socket pays for its task.
+    let identity = node.verifier.verify(&alice(60)).unwrap();
+    let permit = node
+        .limits
+        .admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &identity.user)
+        .unwrap();
+    let (_client, server) = tokio::io::duplex(1024);
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+    let admitted = Admitted {
+        identity,
+        format: Format::Json,
+        permit,
+        resume_at: Default::default(),
+    };
+    let size = std::mem::size_of_val(&run(node.clone(), ws, admitted));
+    assert!(size <= 960, "the session future grew to {size} bytes");
+    eprintln!("session future: {size} bytes");
+}
