@@ -71,6 +71,8 @@ pub struct Metrics {
     pub frames_in: IntCounterVec,
     /// Frames written to sockets.
     pub frames_out: IntCounter,
+    /// WebSocket messages written: frames, or batches of them (`+batch`).
+    pub messages_out: IntCounter,
     /// Bytes of frames written to sockets.
     pub bytes_out: IntCounter,
     /// Publications received, by source.
@@ -217,6 +219,10 @@ impl Metrics {
                 &FRAME_TYPES,
             )?,
             frames_out: counter("gateway_frames_out_total", "Frames written to sockets")?,
+            messages_out: counter(
+                "gateway_messages_out_total",
+                "WebSocket messages written to sockets: one per frame, or one per batch of frames on +batch sockets",
+            )?,
             bytes_out: counter(
                 "gateway_bytes_out_total",
                 "Bytes of frames written to sockets",

@@ -15,7 +15,7 @@ pub mod payload;
 mod position;
 mod refusal;
 
-pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
+pub use codec::{DecodeError, Format, Wire, decode_client_frame, encode_server_frame, pack};
 pub use end::{End, EndedBy};
 pub use event::{Event, Publication};
 pub use payload::{PayloadError, inspect};

@@ -36,7 +36,7 @@ use crate::hub::{ConnId, Owner, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Status};
-use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName, Since};
+use crate::protocol::{Channel, Disconnect, End, EndedBy, RoomName, Since, Wire, pack};
 
 mod commands;
 #[cfg(test)]
@@ -52,6 +52,10 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// Most frames written in one batch (one flush): a long replay is written in
 /// several, so a write timeout measures progress, not the whole replay.
 const MAX_BATCH: usize = 512;
+/// A `+batch` message holds frames up to this size (a frame larger than it
+/// travels alone): big enough to carry a burst in one message, small enough
+/// that a browser parses it in well under a frame's time.
+const PACK_MAX_BYTES: usize = 64 * 1024;
 /// A deadline "never": far beyond any token, and inside tokio's timer range.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
@@ -59,8 +63,8 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 pub struct Admitted {
     /// The verified token.
     pub identity: Identity,
-    /// Wire format chosen by subprotocol.
-    pub format: Format,
+    /// Wire format (and batching) chosen by subprotocol.
+    pub wire: Wire,
     /// The socket's places in the node's counts, released when it ends.
     pub permit: ConnPermit,
     /// Where the user channel and `broadcast` resume from.
@@ -93,13 +97,13 @@ where
 {
     let Admitted {
         identity,
-        format,
+        wire,
         permit,
         resume_at,
     } = admitted;
     // From here on the socket is in the tables; the task takes it out
     // again however it ends (and `Drop` does, should it never run).
-    let mut session = Session::new(node, ws, identity, format, resume_at);
+    let mut session = Session::new(node, ws, identity, wire, resume_at);
     async move {
         let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
             Ok(end) => end,
@@ -157,6 +161,8 @@ struct Session<S> {
     /// A write is deferred to `last_flush + websocket.write_coalesce_ms`,
     /// to coalesce a burst.
     deferred: bool,
+    /// `+batch` subprotocol: frames written together go as one array message.
+    batch: bool,
     /// Rooms joined (a short list: `limits.max_rooms_per_socket`).
     rooms: Vec<RoomName>,
     user_joined: bool,
@@ -210,7 +216,7 @@ where
         node: Arc<Node>,
         ws: WebSocketStream<S>,
         identity: Identity,
-        format: Format,
+        wire: Wire,
         resume_at: ResumeAt,
     ) -> Session<S> {
         let cfg = &node.config;
@@ -227,7 +233,10 @@ where
         let now = Instant::now();
         let expires = deadline_of(identity.expires_at, cfg.auth.leeway_seconds);
         let heartbeat = Duration::from_secs(cfg.websocket.heartbeat_seconds);
-        let me = Subscriber { outbox, format };
+        let me = Subscriber {
+            outbox,
+            format: wire.format,
+        };
         // The user channel and broadcast are held until `welcome` is queued,
         // so that `welcome` is the first frame whatever is published meanwhile.
         me.outbox.hold(&Channel::User(identity.user.clone()));
@@ -246,6 +255,7 @@ where
             // Long ago: the first write (`welcome`) is never deferred.
             last_flush: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
             deferred: false,
+            batch: wire.batch,
             rooms: Vec::new(),
             user_joined: false,
             bucket,
@@ -438,11 +448,21 @@ where
             let frames = batch.len();
             let bytes: usize = batch.iter().map(|o| o.message.len()).sum();
             let write_timeout = Duration::from_millis(self.node.config.websocket.write_timeout_ms);
+            let messages: Vec<Message> = if self.batch && frames > 1 {
+                pack(
+                    self.me.format,
+                    batch.drain(..).map(|o| o.message),
+                    PACK_MAX_BYTES,
+                )
+            } else {
+                batch.drain(..).map(|o| o.message).collect()
+            };
+            let sent = messages.len();
             let written = {
-                let (ws, batch) = (&mut self.ws, &mut batch);
+                let ws = &mut self.ws;
                 let write = tokio::time::timeout(write_timeout, async {
-                    for out in batch.drain(..) {
-                        ws.feed(out.message).await?;
+                    for message in messages {
+                        ws.feed(message).await?;
                     }
                     ws.flush().await
                 });
@@ -473,6 +493,7 @@ where
             self.last_flush = Instant::now();
             let m = &self.node.metrics;
             m.frames_out.inc_by(frames as u64);
+            m.messages_out.inc_by(sent as u64);
             m.bytes_out.inc_by(bytes as u64);
             if let Some(t) = oldest {
                 m.fanout_latency.observe(t.elapsed().as_secs_f64());

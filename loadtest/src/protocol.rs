@@ -304,6 +304,25 @@ pub fn parse_msgpack(bytes: &[u8]) -> Result<ServerFrame<'_>, BadFrame> {
     rmp_serde::from_slice(bytes).map_err(|e| BadFrame(e.to_string()))
 }
 
+/// Reads a `+batch` text message: an array of frames, or one frame.
+pub fn parse_json_batch(text: &str) -> Result<Vec<ServerFrame<'_>>, BadFrame> {
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str(text).map_err(|e| BadFrame(e.to_string()))
+    } else {
+        parse_json(text).map(|f| vec![f])
+    }
+}
+
+/// Reads a `+batch` binary message: a MessagePack array of frames, or one.
+pub fn parse_msgpack_batch(bytes: &[u8]) -> Result<Vec<ServerFrame<'_>>, BadFrame> {
+    match bytes.first() {
+        Some(0x90..=0x9f | 0xdc | 0xdd) => {
+            rmp_serde::from_slice(bytes).map_err(|e| BadFrame(e.to_string()))
+        }
+        _ => parse_msgpack(bytes).map(|f| vec![f]),
+    }
+}
+
 #[derive(Serialize)]
 struct Subscribe<'a> {
     #[serde(rename = "type")]
@@ -339,8 +358,12 @@ pub fn subscribe(codec: Codec, room: &str, id: u64, since: Option<(u64, &str)>) 
         since: since.map(|(offset, epoch)| Since { offset, epoch }),
     };
     match codec {
-        Codec::Json => Outgoing::Text(serde_json::to_string(&frame).unwrap_or_default()),
-        Codec::Msgpack => Outgoing::Binary(rmp_serde::to_vec_named(&frame).unwrap_or_default()),
+        Codec::Json | Codec::JsonBatch => {
+            Outgoing::Text(serde_json::to_string(&frame).unwrap_or_default())
+        }
+        Codec::Msgpack | Codec::MsgpackBatch => {
+            Outgoing::Binary(rmp_serde::to_vec_named(&frame).unwrap_or_default())
+        }
     }
 }
 
@@ -380,6 +403,8 @@ pub fn subprotocol(codec: Codec) -> &'static str {
     match codec {
         Codec::Json => "v1.json",
         Codec::Msgpack => "v1.msgpack",
+        Codec::JsonBatch => "v1.json+batch",
+        Codec::MsgpackBatch => "v1.msgpack+batch",
     }
 }
 

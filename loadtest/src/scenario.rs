@@ -55,6 +55,10 @@ pub enum Codec {
     Json,
     /// `v1.msgpack`: binary frames.
     Msgpack,
+    /// `v1.json+batch`: text frames, a burst packed into one JSON array.
+    JsonBatch,
+    /// `v1.msgpack+batch`: binary frames, a burst packed into one array.
+    MsgpackBatch,
 }
 
 /// Where the token goes in the upgrade request.

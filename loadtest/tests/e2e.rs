@@ -247,6 +247,45 @@ fn fanout_over_http_delivers_every_event_once_in_order() {
 }
 
 #[test]
+fn the_batch_subprotocols_deliver_every_event_once_in_order() {
+    let dir = temp_dir("batch");
+    let Some(gw) = start_gateway(&dir) else {
+        return;
+    };
+    let target = format!("ws://127.0.0.1:{}/ws", gw.port);
+    for codec in ["json-batch", "msgpack-batch"] {
+        let v = run_to_end(
+            &dir,
+            &[
+                "fanout",
+                "--target",
+                &target,
+                "--sockets",
+                "100",
+                "--rooms",
+                "1",
+                "--rate",
+                "300",
+                "--duration",
+                "2s",
+                "--codec",
+                codec,
+                "--quiet",
+                "--strict",
+            ],
+        );
+        assert_eq!(u(&v["sockets"]["connected"]), 100, "{codec}");
+        let published = u(&v["events"]["published"]);
+        assert!(published >= 300, "{codec}: published {published}");
+        assert_eq!(u(&v["events"]["lost"]), 0, "{codec}");
+        assert_eq!(u(&v["events"]["duplicates"]), 0, "{codec}");
+        assert_eq!(u(&v["events"]["out_of_order"]), 0, "{codec}");
+        assert_eq!(u(&v["events"]["unique"]), published * 100, "{codec}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn broadcast_over_msgpack_and_two_workers_reaches_every_socket() {
     let dir = temp_dir("broadcast");
     let Some(gw) = start_gateway(&dir) else {

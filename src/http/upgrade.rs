@@ -26,7 +26,7 @@ use super::HttpResponse;
 use super::admission::{authenticate, precheck, refuse, resume_at};
 use crate::config::Config;
 use crate::node::Node;
-use crate::protocol::{Format, Refusal};
+use crate::protocol::{Refusal, Wire};
 use crate::session::{self, Admitted};
 
 /// Handles `GET /ws`.
@@ -39,7 +39,7 @@ pub(super) fn handle(
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&node, refusal),
     };
-    let format = admitted.format;
+    let wire = admitted.wire;
     let offered = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     node.metrics.upgrades_accepted.inc();
@@ -88,7 +88,7 @@ pub(super) fn handle(
     if offered {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(format.subprotocol()),
+            HeaderValue::from_static(wire.subprotocol()),
         );
     }
     response
@@ -114,17 +114,17 @@ fn admit(
     let headers = req.headers();
     let key = check_handshake(req)?;
     precheck(node, headers)?;
-    let format = Format::negotiate(header_str(headers, &header::SEC_WEBSOCKET_PROTOCOL))
+    let wire = Wire::negotiate(header_str(headers, &header::SEC_WEBSOCKET_PROTOCOL))
         .map_err(|()| {
             Refusal::BadRequest("offered subprotocols must include v1.json or v1.msgpack")
         })?
-        .unwrap_or(Format::Json);
+        .unwrap_or(Wire::JSON);
     let resume_at = resume_at(req.uri())?;
     let (identity, permit) = authenticate(node, peer, headers, req.uri())?;
     Ok((
         Admitted {
             identity,
-            format,
+            wire,
             permit,
             resume_at,
         },

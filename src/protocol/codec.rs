@@ -21,29 +21,133 @@ pub enum Format {
     MsgPack,
 }
 
-impl Format {
+/// What a socket's subprotocol chose: the encoding, and whether several
+/// frames may travel packed in one message (`v1.json+batch`,
+/// `v1.msgpack+batch`: a contract extension, docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    /// Text JSON or binary MessagePack.
+    pub format: Format,
+    /// Frames queued together may be written as one array message.
+    pub batch: bool,
+}
+
+impl Wire {
+    /// Plain JSON, what a client that offers no subprotocol gets.
+    pub const JSON: Wire = Wire {
+        format: Format::Json,
+        batch: false,
+    };
+
     /// The subprotocol name echoed to the client.
     pub fn subprotocol(self) -> &'static str {
-        match self {
-            Format::Json => "v1.json",
-            Format::MsgPack => "v1.msgpack",
+        match (self.format, self.batch) {
+            (Format::Json, false) => "v1.json",
+            (Format::MsgPack, false) => "v1.msgpack",
+            (Format::Json, true) => "v1.json+batch",
+            (Format::MsgPack, true) => "v1.msgpack+batch",
         }
     }
 
-    /// Picks the format from a `Sec-WebSocket-Protocol` offer: the first of ours
+    /// Picks the wire from a `Sec-WebSocket-Protocol` offer: the first of ours
     /// in the client's order. `Ok(None)`: nothing offered (JSON, no echo).
     /// `Err(())`: protocols offered but none of ours.
     #[allow(clippy::result_unit_err)]
-    pub fn negotiate(offer: Option<&str>) -> Result<Option<Format>, ()> {
+    pub fn negotiate(offer: Option<&str>) -> Result<Option<Wire>, ()> {
         let Some(offer) = offer else { return Ok(None) };
         for proto in offer.split(',').map(str::trim) {
-            match proto {
-                "v1.json" => return Ok(Some(Format::Json)),
-                "v1.msgpack" => return Ok(Some(Format::MsgPack)),
-                _ => {}
-            }
+            let (format, batch) = match proto {
+                "v1.json" => (Format::Json, false),
+                "v1.msgpack" => (Format::MsgPack, false),
+                "v1.json+batch" => (Format::Json, true),
+                "v1.msgpack+batch" => (Format::MsgPack, true),
+                _ => continue,
+            };
+            return Ok(Some(Wire { format, batch }));
         }
         Err(())
+    }
+}
+
+/// Packs runs of consecutive frames into batch messages for a `+batch`
+/// socket: a JSON array of the frames (text) or a MessagePack array (binary),
+/// in queue order. A run closes before it would pass `max_bytes`; a run of
+/// one frame, and any other kind of message, is written as it came, so a
+/// lone event costs no copy. The frames are already encoded once for the
+/// whole room; packing copies them into this socket's message, which is
+/// what the client saves in per-message overhead.
+pub fn pack(
+    format: Format,
+    messages: impl IntoIterator<Item = Message>,
+    max_bytes: usize,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut run: Vec<Message> = Vec::new();
+    let mut run_bytes = 0;
+    for m in messages {
+        let packable = matches!(
+            (format, &m),
+            (Format::Json, Message::Text(_)) | (Format::MsgPack, Message::Binary(_))
+        );
+        if !packable {
+            flush_run(format, &mut run, &mut out);
+            run_bytes = 0;
+            out.push(m);
+            continue;
+        }
+        let len = m.len();
+        if !run.is_empty() && run_bytes + len + 1 > max_bytes {
+            flush_run(format, &mut run, &mut out);
+            run_bytes = 0;
+        }
+        run_bytes += len + 1;
+        run.push(m);
+    }
+    flush_run(format, &mut run, &mut out);
+    out
+}
+
+fn flush_run(format: Format, run: &mut Vec<Message>, out: &mut Vec<Message>) {
+    if run.len() < 2 {
+        out.append(run);
+        return;
+    }
+    let bytes: usize = run.iter().map(Message::len).sum();
+    match format {
+        Format::Json => {
+            let mut text = String::with_capacity(bytes + run.len() + 1);
+            text.push('[');
+            for (i, m) in run.drain(..).enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                if let Message::Text(t) = m {
+                    text.push_str(t.as_str());
+                }
+            }
+            text.push(']');
+            out.push(Message::text(text));
+        }
+        Format::MsgPack => {
+            let mut bin = Vec::with_capacity(bytes + 5);
+            let n = run.len();
+            // MessagePack array header: fixarray, array 16 or array 32.
+            if n < 16 {
+                bin.push(0x90 | n as u8);
+            } else if let Ok(n) = u16::try_from(n) {
+                bin.push(0xdc);
+                bin.extend_from_slice(&n.to_be_bytes());
+            } else {
+                bin.push(0xdd);
+                bin.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            for m in run.drain(..) {
+                if let Message::Binary(b) = m {
+                    bin.extend_from_slice(&b);
+                }
+            }
+            out.push(Message::binary(bin));
+        }
     }
 }
 
@@ -551,16 +655,111 @@ mod tests {
 
     #[test]
     fn subprotocol_negotiation() {
-        assert_eq!(Format::negotiate(None), Ok(None));
+        assert_eq!(Wire::negotiate(None), Ok(None));
+        let wire = |format, batch| Ok(Some(Wire { format, batch }));
         assert_eq!(
-            Format::negotiate(Some("v1.msgpack")),
-            Ok(Some(Format::MsgPack))
+            Wire::negotiate(Some("v1.msgpack")),
+            wire(Format::MsgPack, false)
         );
         assert_eq!(
-            Format::negotiate(Some("chat, v1.json")),
-            Ok(Some(Format::Json))
+            Wire::negotiate(Some("chat, v1.json")),
+            wire(Format::Json, false)
         );
-        assert_eq!(Format::negotiate(Some("v2.json")), Err(()));
+        assert_eq!(
+            Wire::negotiate(Some("v1.json+batch, v1.json")),
+            wire(Format::Json, true)
+        );
+        let w = Wire::negotiate(Some("x, v1.msgpack+batch"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            w,
+            Wire {
+                format: Format::MsgPack,
+                batch: true
+            }
+        );
+        assert_eq!(w.subprotocol(), "v1.msgpack+batch");
+        assert_eq!(Wire::negotiate(Some("v2.json")), Err(()));
+        assert_eq!(Wire::negotiate(Some("v1.json+gzip")), Err(()));
+    }
+
+    fn event(i: u64, format: Format) -> Message {
+        use crate::protocol::{Channel, Event, Publication, RoomName};
+        let room = RoomName::parse(&format!("r{i}")).unwrap();
+        let mut p = Publication::new(Channel::Room(room), Bytes::from(format!("{{\"n\":{i}}}")));
+        p.offset = Some(i);
+        Event::new(p, 1 << 20).unwrap().message(format).clone()
+    }
+
+    #[test]
+    fn a_json_batch_is_an_array_of_the_same_frames_in_order() {
+        let frames: Vec<Message> = (1..=3).map(|i| event(i, Format::Json)).collect();
+        let alone: Vec<serde_json::Value> = frames
+            .iter()
+            .map(|m| serde_json::from_str(m.to_text().unwrap()).unwrap())
+            .collect();
+        let packed = pack(Format::Json, frames, 64 * 1024);
+        assert_eq!(packed.len(), 1);
+        let array: Vec<serde_json::Value> =
+            serde_json::from_str(packed[0].to_text().unwrap()).unwrap();
+        assert_eq!(array, alone);
+    }
+
+    #[test]
+    fn a_msgpack_batch_is_an_array_of_the_same_maps_in_order() {
+        for n in [2u64, 15, 16, 300] {
+            let frames: Vec<Message> = (1..=n).map(|i| event(i, Format::MsgPack)).collect();
+            let alone: Vec<serde_json::Value> = frames
+                .iter()
+                .map(|m| rmp_serde::from_slice(&m.clone().into_data()).unwrap())
+                .collect();
+            let packed = pack(Format::MsgPack, frames, 1 << 20);
+            assert_eq!(packed.len(), 1, "{n} frames");
+            let array: Vec<serde_json::Value> =
+                rmp_serde::from_slice(&packed[0].clone().into_data()).unwrap();
+            assert_eq!(array, alone, "{n} frames");
+        }
+    }
+
+    #[test]
+    fn packing_keeps_order_bounds_size_and_leaves_lone_frames_alone() {
+        let one = event(1, Format::Json);
+        let size = one.len();
+        // A lone frame is not wrapped.
+        assert_eq!(pack(Format::Json, [one.clone()], 1024), vec![one.clone()]);
+        // A close (or anything not a frame of this format) splits the runs.
+        let close = Message::Close(None);
+        let msgs = vec![
+            event(1, Format::Json),
+            event(2, Format::Json),
+            close.clone(),
+            event(3, Format::Json),
+        ];
+        let packed = pack(Format::Json, msgs, 1024);
+        assert_eq!(packed.len(), 3);
+        assert!(packed[0].to_text().unwrap().starts_with('['));
+        assert_eq!(packed[1], close);
+        assert_eq!(packed[2], event(3, Format::Json));
+        // Runs close before passing the bound: 10 frames, room for 3 each.
+        let packed = pack(
+            Format::Json,
+            (1..=10).map(|i| event(i, Format::Json)),
+            3 * (size + 1) + 1,
+        );
+        assert_eq!(packed.len(), 4);
+        let offsets: Vec<u64> = packed
+            .iter()
+            .flat_map(|m| {
+                let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+                match v {
+                    serde_json::Value::Array(a) => a,
+                    one => vec![one],
+                }
+            })
+            .map(|f| f["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, (1..=10).collect::<Vec<_>>());
     }
 
     #[test]

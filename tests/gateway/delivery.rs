@@ -1,7 +1,7 @@
 //! Fan-out: rooms, user channels and broadcast, to many sockets of both wire
 //! formats, in order; the HTTP publish API.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -90,6 +90,85 @@ async fn events_of_one_channel_arrive_in_order() {
             assert_eq!(c.recv().await["data"], i);
         }
     }
+}
+
+/// Reads frames until `n` events arrived, unpacking batches; returns the
+/// data in arrival order and how many WebSocket messages carried them.
+async fn events_unpacked(c: &mut Client, n: usize) -> (Vec<Value>, usize, usize) {
+    let (mut data, mut messages, mut batches) = (Vec::new(), 0, 0);
+    while data.len() < n {
+        let v = c.recv().await;
+        messages += 1;
+        let frames = match v {
+            Value::Array(frames) => {
+                assert!(frames.len() >= 2, "a batch of one: {frames:?}");
+                batches += 1;
+                frames
+            }
+            one => vec![one],
+        };
+        for f in frames {
+            assert_eq!(f["type"], "event", "{f}");
+            data.push(f["data"].clone());
+        }
+    }
+    (data, messages, batches)
+}
+
+#[tokio::test]
+async fn batch_subprotocols_pack_a_burst_into_arrays_in_order() {
+    // A long coalescing window makes the burst below land in few writes.
+    let gw = TestGateway::with(|c| c.websocket.write_coalesce_ms = 100).await;
+    let mut clients = Vec::new();
+    for (i, proto) in ["v1.json", "v1.json+batch", "v1.msgpack+batch"]
+        .iter()
+        .enumerate()
+    {
+        let mut req = gw
+            .ws_url(&token(&format!("b{i}"), &["burst"]))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(proto));
+        let mut c = gw.try_connect(req).await.unwrap();
+        assert_eq!(
+            c.protocol.as_deref(),
+            Some(*proto),
+            "the echoed subprotocol"
+        );
+        assert_eq!(c.recv().await["type"], "welcome");
+        c.subscribe("burst").await;
+        clients.push(c);
+    }
+    let channel = gateway::protocol::Channel::parse("room:burst").unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        gw.node
+            .broker()
+            .publish(channel.clone(), bytes::Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let want: Vec<Value> = (0..N).map(|i| json!(i)).collect();
+    let (plain, plain_messages, plain_batches) = events_unpacked(&mut clients[0], N).await;
+    assert_eq!(plain, want);
+    assert_eq!(
+        (plain_messages, plain_batches),
+        (N, 0),
+        "v1.json never batches"
+    );
+    for c in &mut clients[1..] {
+        let (data, messages, batches) = events_unpacked(c, N).await;
+        assert_eq!(data, want, "{:?}: every event, in order", c.protocol);
+        assert!(
+            batches > 0 && messages < N / 2,
+            "{:?}: {N} events in {messages} messages ({batches} batches)",
+            c.protocol
+        );
+    }
+    let frames = gw.metric("gateway_frames_out_total").await;
+    let messages = gw.metric("gateway_messages_out_total").await;
+    assert!(messages < frames, "{messages} messages for {frames} frames");
 }
 
 #[tokio::test]

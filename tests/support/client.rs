@@ -42,11 +42,11 @@ pub enum Ended {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Wraps an upgraded socket; `protocol` is the subprotocol the server
-    /// echoed (MessagePack when it is `v1.msgpack`).
+    /// echoed (MessagePack when it is `v1.msgpack` or `v1.msgpack+batch`).
     pub fn new(ws: WebSocketStream<S>, protocol: Option<String>) -> Self {
         Client {
             ws,
-            binary: protocol.as_deref() == Some(MSGPACK),
+            binary: protocol.as_deref().is_some_and(|p| p.starts_with(MSGPACK)),
             protocol,
             deadline: DEADLINE,
         }

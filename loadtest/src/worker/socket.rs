@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::{Ctx, StopInfo};
 use crate::now_micros;
 use crate::protocol::{self, BadFrame, EventData, Outgoing, ServerFrame};
-use crate::scenario::{ResumePlan, TokenIn};
+use crate::scenario::{Codec, ResumePlan, TokenIn};
 use crate::stats::{Continuity, Delivery};
 use crate::track::{OffsetTracker, PositionKind, Seen, SeqTracker};
 
@@ -101,12 +101,34 @@ impl SocketState {
     }
 
     fn handle(&mut self, ctx: &Ctx, msg: Message) -> Handled {
+        let batch = matches!(ctx.plan.codec, Codec::JsonBatch | Codec::MsgpackBatch);
         match msg {
+            Message::Text(t) if batch => self.frames(ctx, protocol::parse_json_batch(t.as_str())),
+            Message::Binary(b) if batch => self.frames(ctx, protocol::parse_msgpack_batch(&b)),
             Message::Text(t) => self.frame(ctx, protocol::parse_json(t.as_str())),
             Message::Binary(b) => self.frame(ctx, protocol::parse_msgpack(&b)),
             Message::Close(f) => Handled::Closed(close_kind(f.as_ref())),
             _ => Handled::Other,
         }
+    }
+
+    /// The frames of one `+batch` message, in order. What the caller waits
+    /// for (a welcome, a reply) outranks events, and events outrank the rest.
+    fn frames(&mut self, ctx: &Ctx, parsed: Result<Vec<ServerFrame<'_>>, BadFrame>) -> Handled {
+        let frames = match parsed {
+            Ok(frames) => frames,
+            Err(e) => return self.frame(ctx, Err(e)),
+        };
+        let mut best = Handled::Other;
+        for f in frames {
+            let h = self.frame(ctx, Ok(f));
+            best = match (&best, &h) {
+                (Handled::Welcome | Handled::Reply { .. }, _) => best,
+                (_, Handled::Welcome | Handled::Reply { .. } | Handled::Event) => h,
+                _ => best,
+            };
+        }
+        best
     }
 
     fn channel_index(&self, channel: Option<&str>) -> Option<usize> {
