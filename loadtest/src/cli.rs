@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::coordinator::{self, RunOptions};
+use crate::report;
 use crate::scenario::{Plan, Scenario, Settings};
 
 /// gateway-loadtest: load generator for the gateway (loopback targets only
@@ -173,10 +174,10 @@ pub fn main() -> i32 {
                 report.sockets.failed,
                 report.events.delivery.unique,
                 report.events.delivered_per_s,
-                coordinator::human_us(l.p50_us),
-                coordinator::human_us(l.p99_us),
-                coordinator::human_us(l.p999_us),
-                coordinator::human_us(l.max_us),
+                report::human_us(l.p50_us),
+                report::human_us(l.p99_us),
+                report::human_us(l.p999_us),
+                report::human_us(l.max_us),
                 report.events.delivery.lost,
                 report.events.delivery.duplicates,
                 report.events.delivery.out_of_order
@@ -201,7 +202,7 @@ pub fn main() -> i32 {
                     rc.closes.values().sum::<u64>(),
                     rc.attempts,
                     rc.resumed,
-                    coordinator::human_us(rc.close_to_resumed.p99_us),
+                    report::human_us(rc.close_to_resumed.p99_us),
                     rc.down_at_end
                 );
             }

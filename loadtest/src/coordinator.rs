@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::publish::{PublishError, PublishOutcome, Publisher};
-use crate::report::{self, Report, Sample};
+use crate::report::{self, Report, Sample, human, human_us};
 use crate::scenario::Plan;
 use crate::stats::{Progress, WorkerResult};
 use crate::token::{self, TokenEntry};
@@ -149,28 +149,6 @@ async fn spawn_worker(
     };
     spec_write.await?;
     Ok((child, stdin))
-}
-
-/// Human number: 1234567 -> 1.23M.
-pub fn human(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e4 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-/// Microseconds as a short duration.
-pub fn human_us(us: u64) -> String {
-    if us >= 1_000_000 {
-        format!("{:.2}s", us as f64 / 1e6)
-    } else if us >= 1000 {
-        format!("{:.1}ms", us as f64 / 1e3)
-    } else {
-        format!("{us}us")
-    }
 }
 
 /// Runs a plan to the end and writes its report into `plan.out_dir`.

@@ -646,3 +646,25 @@ pub fn write_all(report: &Report, dir: &Path) -> std::io::Result<()> {
     )?;
     Ok(())
 }
+
+/// Human number: 1234567 -> 1.23M.
+pub fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Microseconds as a short duration.
+pub fn human_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}

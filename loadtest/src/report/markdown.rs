@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::Report;
-use crate::coordinator::human_us;
+use crate::report::human_us;
 use crate::stats::Percentiles;
 use crate::track::OffsetTotals;
 

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::Sample;
-use crate::coordinator::{human, human_us};
+use crate::report::{human, human_us};
 
 /// One line of a chart.
 pub struct Series<'a> {
