@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 const js = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 const ROOTS = {
   "/dist/": join(js, "dist"),
+  "/clients/js/dist/": join(js, "dist"), // where the demo page imports it from
   "/test/": join(js, "test/browser"),
   "/examples/chat/": resolve(js, "../../examples/chat"),
   "/vendor/msgpack/": join(js, "node_modules/@msgpack/msgpack/dist.esm"),
@@ -19,14 +20,15 @@ export async function startStatic() {
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
     const prefix = Object.keys(ROOTS).find((p) => path.startsWith(p));
-    const rel = prefix && normalize(path.slice(prefix.length));
+    const tail = prefix && path.slice(prefix.length);
+    const rel = prefix && (tail === "" || tail.endsWith("/") ? normalize(tail + "index.html") : normalize(tail));
     if (!prefix || rel.startsWith("..")) {
       res.writeHead(404).end();
       return;
     }
     try {
-      const body = await readFile(join(ROOTS[prefix], rel || "index.html"));
-      res.writeHead(200, { "content-type": TYPES[extname(rel || ".html")] ?? "application/octet-stream" }).end(body);
+      const body = await readFile(join(ROOTS[prefix], rel));
+      res.writeHead(200, { "content-type": TYPES[extname(rel)] ?? "application/octet-stream" }).end(body);
     } catch {
       res.writeHead(404).end();
     }
