@@ -17,7 +17,7 @@ after(async () => {
   await site?.close();
 });
 
-test("chat page: connects, shows presence, a published message arrives, a typed one round-trips", async () => {
+test("chat page: connects, shows presence, a published message arrives, a typed one round-trips", { timeout: 120_000 }, async () => {
   const page = await browser.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));

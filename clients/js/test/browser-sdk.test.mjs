@@ -48,7 +48,7 @@ const of = (items, channel) => items.filter((i) => i.kind === "event" && i.chann
 const states = (items) => items.filter((i) => i.kind === "state").map((i) => i.s);
 const connected = (n) => (items) => states(items).filter((s) => s === "connected").length >= n;
 
-describe("browser (Chromium): SDK against a real gateway", () => {
+describe("browser (Chromium): SDK against a real gateway", { timeout: 120_000 }, () => {
   test("connect, subscribe, receive; publish resolves with the offset", async () => {
     const { p, log, close } = await page();
     const c = await p.evaluate((url) => window.start(url, "b-recv"), server.ws);
@@ -142,7 +142,7 @@ describe("browser (Chromium): SDK against a real gateway", () => {
   });
 });
 
-describe("browser (Chromium): SSE fallback (contract section 9)", () => {
+describe("browser (Chromium): SSE fallback (contract section 9)", { timeout: 120_000 }, () => {
   test("WebSocket refused by the network: auto falls back to SSE, then resumes over SSE after a drop", async (t) => {
     const probe = await fetch(`${server.http}/sse`);
     await probe.body?.cancel();

@@ -47,7 +47,7 @@ const events = (log, channel) => log.items.filter((i) => i.kind === "event" && i
 const count = (s) => (items) => items.filter((i) => i.kind === "state" && i.s === s).length;
 const connectedTimes = (n) => (items) => count("connected")(items) >= n;
 
-describe("node: SDK against a real gateway", () => {
+describe("node: SDK against a real gateway", { timeout: 120_000 }, () => {
   let server;
   before(async () => {
     server = await TestGateway.start({
@@ -231,7 +231,7 @@ describe("node: SDK against a real gateway", () => {
   });
 });
 
-describe("node: continuity lost is surfaced, never swallowed", () => {
+describe("node: continuity lost is surfaced, never swallowed", { timeout: 120_000 }, () => {
   test("a restarted embedded node (new epoch): resync for the room, the user channel and broadcast", async () => {
     const server = await TestGateway.start();
     try {
@@ -256,7 +256,7 @@ describe("node: continuity lost is surfaced, never swallowed", () => {
   });
 });
 
-describe("node: backoff by close code", () => {
+describe("node: backoff by close code", { timeout: 120_000 }, () => {
   test("4029 (rate limited) waits the longer overload backoff, 1012 a short window", async () => {
     const server = await TestGateway.start({
       env: { GATEWAY_LIMITS_MESSAGES_PER_SECOND: "1", GATEWAY_LIMITS_MESSAGE_BURST: "2", GATEWAY_LIMITS_RATE_LIMIT_STRIKES: "1" },
