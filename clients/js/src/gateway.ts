@@ -114,8 +114,6 @@ interface Room {
   handlers: Set<Handler>;
   ready: Promise<void>;
   settle: (err?: GatewayError) => void;
-  /** The current transport confirmed this subscription. */
-  live: boolean;
 }
 
 interface Pending {
@@ -162,7 +160,8 @@ export class Gateway {
   private userChannel = "";
   private lastRx = 0;
   private lastPing = 0;
-  private timers: ReturnType<typeof setTimeout>[] = [];
+  /** Timers of the current connection (and the pending reconnect), cleared together. */
+  private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private codec: Codec | null = null;
 
   constructor(url: string, opts: GatewayOptions) {
@@ -200,9 +199,10 @@ export class Gateway {
         settle = (err) => (err ? reject(err) : resolve());
       });
       ready.catch(() => {}); // surfaced through `error` too; awaiting `ready` is optional
-      r = { handlers: new Set(), ready, settle, live: false };
+      r = { handlers: new Set(), ready, settle };
       this.rooms.set(room, r);
-      if (this.connected) this.joinRoom(room, r);
+      // Over SSE the room list is part of the stream's URL.
+      if (this.connected) this.kind === "sse" ? this.reopen() : this.joinRoom(room, r);
     }
     // One Set entry per subscribe call, even for the same function.
     const own: Handler = (data, ctx) => handler(data, ctx);
@@ -330,8 +330,7 @@ export class Gateway {
     this.conn = null;
     this.connected = false;
     for (const timer of this.timers) clearTimeout(timer);
-    this.timers = [];
-    for (const r of this.rooms.values()) r.live = false;
+    this.timers.clear();
     t?.close();
   }
 
@@ -342,7 +341,12 @@ export class Gateway {
   }
 
   private later(fn: () => void, ms: number): void {
-    this.timers.push(setTimeout(fn, ms));
+    // setTimeout fires at once beyond 2^31-1 ms (24.8 days): callers re-check.
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      fn();
+    }, Math.min(ms, 2 ** 31 - 1));
+    this.timers.add(timer);
   }
 
   // ---- frames ----
@@ -387,10 +391,7 @@ export class Gateway {
     this.settle("broadcast", f.broadcast_position, f.broadcast_recovered);
     this.setState("connected");
     if (this.kind === "sse") {
-      for (const r of this.rooms.values()) {
-        r.live = true;
-        r.settle();
-      }
+      for (const r of this.rooms.values()) r.settle();
     } else {
       for (const [room, r] of this.rooms) this.joinRoom(room, r);
       this.watchHeartbeat(typeof f.heartbeat === "number" && f.heartbeat > 0 ? f.heartbeat * 1000 : 0);
@@ -430,7 +431,6 @@ export class Gateway {
         if (this.rooms.get(room) !== r) return;
         const position = typeof ok.offset === "number" ? { offset: ok.offset, epoch: ok.epoch } : undefined;
         this.settle(channel, position, since ? ok.recovered === true : undefined);
-        r.live = true;
         r.settle();
       },
       (err: GatewayError) => {
@@ -491,6 +491,7 @@ export class Gateway {
     const t = this.conn;
     this.later(async () => {
       if (this.conn !== t || !this.connected) return;
+      if (Date.now() < held.refreshAt - 1000) return this.scheduleRefresh(); // a capped timer
       let fresh: string;
       try {
         fresh = await (this.opts.token as () => string | Promise<string>)();
