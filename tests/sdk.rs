@@ -2,7 +2,8 @@
 //! integration tests and headless-Chromium tests, all with node's test
 //! runner) run against the gateway binary of this build, so that
 //! `cargo test --workspace` covers the SDK too. The JS tests start the binary
-//! themselves (`GATEWAY_BIN`) on free loopback ports.
+//! themselves (`GATEWAY_BIN`) on free loopback ports; the two-node drain
+//! test also starts a `redis-server` (and fails without one under CI).
 //!
 //! Without node, npm or Chromium this test skips with a message, except under
 //! CI (`CI` set), where `.ci/run` installs them and a missing one fails.
