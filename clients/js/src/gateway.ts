@@ -406,13 +406,14 @@ export class Gateway {
 
   private onEvent(f: Frame): void {
     const channel: string = f.channel;
-    if (!this.cursors.accept(channel, f.offset)) return; // seen before
-    const ctx: EventContext = { channel, offset: f.offset };
     let handlers: Iterable<Handler> | undefined;
     if (channel.startsWith("room:")) handlers = this.rooms.get(channel.slice(5))?.handlers;
     else if (channel === this.userChannel) handlers = this.userHandlers;
     else if (channel === "broadcast") handlers = this.broadcastHandlers;
-    for (const h of handlers ?? []) {
+    if (!handlers) return; // a room left locally whose unsubscribe is still in flight
+    if (!this.cursors.accept(channel, f.offset)) return; // seen before
+    const ctx: EventContext = { channel, offset: f.offset };
+    for (const h of handlers) {
       try {
         h(f.data, ctx);
       } catch (e) {
