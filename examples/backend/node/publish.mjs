@@ -40,7 +40,11 @@ async function publishHttp(url, apiKey, channel, data) {
   if (response.status !== 202) {
     throw new Error(`publish answered ${response.status}: ${body}`); // the body names the error
   }
-  return JSON.parse(body).offset;
+  const { offset } = JSON.parse(body);
+  if (typeof offset !== "number") {
+    throw new Error(`no offset in ${body}: is history off for ${channel}?`);
+  }
+  return offset;
 }
 
 async function main() {

@@ -42,7 +42,10 @@ def publish_http(url: str, api_key: str, channel: str, data) -> int:
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 202:
             raise RuntimeError(f"publish answered {response.status}")
-        return json.load(response)["offset"]
+        reply = json.load(response)
+    if "offset" not in reply:
+        raise RuntimeError(f"no offset in {reply}: is history off for {channel}?")
+    return reply["offset"]
 
 
 def main() -> None:
