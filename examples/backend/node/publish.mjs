@@ -18,8 +18,9 @@ const PREFIX = "gw:";
 
 /**
  * FCALL gw_publish: stores the event in the channel's history and publishes
- * it, atomically; resolves to its offset. `channel` is "room:<R>", "user:<U>"
- * or "broadcast". The gateway loads the function into every master at start-up.
+ * it, atomically; resolves to its offset (0: history is off for that channel,
+ * the event is delivered without one). `channel` is "room:<R>", "user:<U>" or
+ * "broadcast". The gateway loads the function into every master at start-up.
  */
 async function publishRedis(cluster, channel, data) {
   return cluster.fCall("gw_publish", {
@@ -28,7 +29,10 @@ async function publishRedis(cluster, channel, data) {
   });
 }
 
-/** POST /api/publish on any gateway node: 202 {"ok":true,"offset":N}. */
+/**
+ * POST /api/publish on any gateway node: 202 {"ok":true,"offset":N};
+ * resolves to the offset (null: history is off for that channel).
+ */
 async function publishHttp(url, apiKey, channel, data) {
   const response = await fetch(new URL("/api/publish", url), {
     method: "POST",
@@ -40,11 +44,7 @@ async function publishHttp(url, apiKey, channel, data) {
   if (response.status !== 202) {
     throw new Error(`publish answered ${response.status}: ${body}`); // the body names the error
   }
-  const { offset } = JSON.parse(body);
-  if (typeof offset !== "number") {
-    throw new Error(`no offset in ${body}: is history off for ${channel}?`);
-  }
-  return offset;
+  return JSON.parse(body).offset ?? null;
 }
 
 async function main() {
@@ -58,7 +58,12 @@ async function main() {
   });
   cluster.on("error", (e) => console.error("redis:", e.message));
   await cluster.connect();
-  const show = (line) => console.log(JSON.stringify(line));
+  const show = (line) => {
+    if ("offset" in line && !line.offset) {
+      throw new Error(`no offset for ${line.channel}: is [history] off in the gateway?`);
+    }
+    console.log(JSON.stringify(line));
+  };
   try {
     for (const channel of [`room:${room}`, `user:${user}`, "broadcast"]) {
       let offset = await publishRedis(cluster, channel, { from: "node", via: "fcall" });

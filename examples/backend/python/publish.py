@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import urllib.request
+from typing import Optional
 
 from redis.cluster import ClusterNode, RedisCluster
 
@@ -25,13 +26,15 @@ PREFIX = "gw:"
 
 def publish_redis(rc: RedisCluster, channel: str, data) -> int:
     """FCALL gw_publish: stores the event in the channel's history and publishes it,
-    atomically; returns its offset. `channel` is "room:<R>", "user:<U>" or "broadcast".
+    atomically; returns its offset (0: history is off for that channel, the event is
+    delivered without one). `channel` is "room:<R>", "user:<U>" or "broadcast".
     The gateway loads the function into every master at start-up."""
     return rc.fcall("gw_publish", 1, PREFIX + channel, json.dumps(data))
 
 
-def publish_http(url: str, api_key: str, channel: str, data) -> int:
-    """POST /api/publish on any gateway node: 202 {"ok":true,"offset":N}."""
+def publish_http(url: str, api_key: str, channel: str, data) -> Optional[int]:
+    """POST /api/publish on any gateway node: 202 {"ok":true,"offset":N}; returns the
+    offset (None: history is off for that channel)."""
     request = urllib.request.Request(
         url.rstrip("/") + "/api/publish",
         data=json.dumps({"channel": channel, "data": data}).encode(),
@@ -42,10 +45,7 @@ def publish_http(url: str, api_key: str, channel: str, data) -> int:
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 202:
             raise RuntimeError(f"publish answered {response.status}")
-        reply = json.load(response)
-    if "offset" not in reply:
-        raise RuntimeError(f"no offset in {reply}: is history off for {channel}?")
-    return reply["offset"]
+        return json.load(response).get("offset")
 
 
 def main() -> None:
@@ -59,6 +59,8 @@ def main() -> None:
     url, api_key = os.environ["GW_URL"], os.environ["GW_API_KEY"]
 
     def show(**line) -> None:
+        if "offset" in line and not line["offset"]:
+            raise RuntimeError(f"no offset for {line['channel']}: is [history] off in the gateway?")
         print(json.dumps(line), flush=True)
 
     rc = RedisCluster(startup_nodes=seeds, decode_responses=True, socket_timeout=10)
