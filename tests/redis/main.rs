@@ -18,6 +18,7 @@ mod bench;
 mod classic;
 mod cluster;
 mod continuity;
+mod examples;
 mod faults;
 mod presence;
 mod secure;
