@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 mod codec;
+mod cursor;
 mod end;
 mod event;
 pub mod payload;
@@ -16,6 +17,7 @@ mod position;
 mod refusal;
 
 pub use codec::{DecodeError, Format, decode_client_frame, encode_server_frame};
+pub use cursor::{Cursor, CursorError, MAX_CURSOR_CHANNELS, MAX_CURSOR_LEN};
 pub use end::{End, EndedBy};
 pub use event::{Event, Publication};
 pub use payload::{PayloadError, inspect};

@@ -22,10 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::FutureExt;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -38,9 +36,14 @@ use crate::node::Node;
 use crate::outbox::{Outbox, Status};
 use crate::protocol::{Channel, Disconnect, End, EndedBy, Format, RoomName, Since};
 
+pub use sse::{SseBody, SseWire};
+pub use wire::Wire;
+
 mod commands;
+mod sse;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 /// How long a closing socket may take to deliver its close frame and get the
 /// peer's reply. A peer that stopped reading and then resumes needs a few
@@ -83,14 +86,7 @@ pub struct ResumeAt {
 /// are captured, so the task does not also keep the moved-from arguments
 /// (an `async fn` stores its arguments beside everything built from them,
 /// which on every idle socket is a few hundred bytes of nothing).
-pub fn run<S>(
-    node: Arc<Node>,
-    ws: WebSocketStream<S>,
-    admitted: Admitted,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub fn run<W: Wire>(node: Arc<Node>, ws: W, admitted: Admitted) -> impl Future<Output = ()> + Send {
     let Admitted {
         identity,
         format,
@@ -141,9 +137,9 @@ pub(crate) fn deadline_of(unix_secs: u64, leeway: u64) -> Instant {
 /// A command waiting on the broker; resolves to what the session applies.
 type Pending = Pin<Box<dyn Future<Output = commands::Done> + Send>>;
 
-struct Session<S> {
+struct Session<W> {
     node: Arc<Node>,
-    ws: WebSocketStream<S>,
+    ws: W,
     id: ConnId,
     me: Subscriber,
     user: Arc<str>,
@@ -170,7 +166,7 @@ struct Session<S> {
     left: bool,
 }
 
-impl<S> Drop for Session<S> {
+impl<W> Drop for Session<W> {
     fn drop(&mut self) {
         // Only when the task never ran to its end (dropped before it was
         // polled, or at runtime shutdown): it had joined nothing yet, or
@@ -202,17 +198,14 @@ enum Flow {
     PeerClosed,
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl<W: Wire> Session<W> {
     fn new(
         node: Arc<Node>,
-        ws: WebSocketStream<S>,
+        ws: W,
         identity: Identity,
         format: Format,
         resume_at: ResumeAt,
-    ) -> Session<S> {
+    ) -> Session<W> {
         let cfg = &node.config;
         let outbox = Arc::new(Outbox::new(
             cfg.websocket.outbox_max_frames,
@@ -272,7 +265,7 @@ where
                 // until the handshake completes so the peer sees a clean close.
                 let ws = &mut self.ws;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(_)) = ws.next_message().await {}
                 })
                 .await;
                 End::by(EndedBy::Client)
@@ -309,7 +302,7 @@ where
                     Woke::Decided(self.apply(done))
                 }
                 // The next request is read once the previous one is answered.
-                inbound = self.ws.next(), if self.pending.is_none() => {
+                inbound = self.ws.next_message(), if self.pending.is_none() => {
                     self.last_seen = Instant::now();
                     Woke::Decided(match inbound {
                         Some(Ok(message)) => self.on_message(message),
@@ -374,7 +367,10 @@ where
             let silence_limit = Duration::from_secs(ws_cfg.heartbeat_timeout_seconds);
             // Like `MissedTickBehavior::Delay`: one ping, the next a period on.
             self.next_ping = now + period;
-            if self.pending.is_none() && self.last_seen.elapsed() > silence_limit {
+            if W::CLIENT_SPEAKS
+                && self.pending.is_none()
+                && self.last_seen.elapsed() > silence_limit
+            {
                 return Flow::Close(Disconnect::HeartbeatTimeout);
             }
             // Queued like any frame; written at once unless a write is deferred.
@@ -442,9 +438,9 @@ where
                 let (ws, batch) = (&mut self.ws, &mut batch);
                 let write = tokio::time::timeout(write_timeout, async {
                     for out in batch.drain(..) {
-                        ws.feed(out.message).await?;
+                        ws.feed_message(out.message).await?;
                     }
-                    ws.flush().await
+                    ws.flush_messages().await
                 });
                 tokio::pin!(write);
                 // A peer that stopped reading blocks this write; the queue behind
@@ -489,8 +485,11 @@ where
             return Flow::PeerClosed;
         }
         // Every inbound frame counts against the rate, control frames too: a
-        // ping flood costs a pong each.
-        if let Some(flow) = self.rate_limited() {
+        // ping flood costs a pong each. An SSE stream's only inbound frames
+        // are the subscribes its URL asked for, bounded at admission.
+        if W::CLIENT_SPEAKS
+            && let Some(flow) = self.rate_limited()
+        {
             return flow;
         }
         match message {
@@ -565,8 +564,8 @@ where
         };
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(linger, async {
-            if ws.close(Some(frame)).await.is_ok() {
-                while let Some(Ok(_)) = ws.next().await {}
+            if ws.close_with(frame).await.is_ok() {
+                while let Some(Ok(_)) = ws.next_message().await {}
             }
         })
         .await;
