@@ -86,8 +86,8 @@ impl Refusal {
         // (a new variant that is not listed here fails the test below).
         let mut codes: Vec<&'static str> = [
             Refusal::BadRequest(""),
-            Refusal::BadCursor(""),
             Refusal::WrongVersion,
+            Refusal::BadCursor(""),
             Refusal::Draining,
             Refusal::Capacity,
             Refusal::BrokerDown,
