@@ -23,6 +23,9 @@ use crate::node::Node;
 use crate::protocol::{Channel, Cursor, Format, Refusal, RoomName, Since};
 use crate::session::{self, Admitted, ResumeAt, SseWire};
 
+/// A room of the URL and where it resumes from.
+type RoomAt = (RoomName, Option<Since>);
+
 /// `Last-Event-ID`: what a reconnecting `EventSource` sends back.
 const LAST_EVENT_ID: &str = "last-event-id";
 
@@ -58,7 +61,7 @@ fn admit(
     node: &Arc<Node>,
     peer: SocketAddr,
     req: &Request<Incoming>,
-) -> Result<(Admitted, Vec<(RoomName, Option<Since>)>), Refusal> {
+) -> Result<(Admitted, Vec<RoomAt>), Refusal> {
     if req.method() != Method::GET {
         return Err(Refusal::BadRequest("SSE streams use GET"));
     }
