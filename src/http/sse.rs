@@ -37,7 +37,22 @@ pub(super) fn handle(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) 
     };
     node.metrics.upgrades_accepted.inc();
     let user = Channel::User(admitted.identity.user.clone());
-    let (wire, body) = SseWire::new(user, rooms, node.metrics.sse_streams_open.clone());
+    // The positions resumed from, of this stream's channels only.
+    let mut resumed = Cursor::default();
+    let at = &admitted.resume_at;
+    let channels = [
+        (user.clone(), at.user.as_ref()),
+        (Channel::Broadcast, at.broadcast.as_ref()),
+    ];
+    let rooms_at = rooms
+        .iter()
+        .map(|(r, s)| (Channel::Room(r.clone()), s.as_ref()));
+    for (channel, since) in channels.into_iter().chain(rooms_at) {
+        if let Some(since) = since {
+            resumed.set(&channel, since.offset, &since.epoch);
+        }
+    }
+    let (wire, body) = SseWire::new(user, rooms, resumed, node.metrics.sse_streams_open.clone());
     node.lifecycle
         .sessions()
         .spawn(session::run(node.clone(), wire, admitted));

@@ -131,9 +131,14 @@ pub struct SseWire {
 impl SseWire {
     /// A stream of `user`'s channel, `broadcast` and `rooms` (each resuming
     /// from its `Since`, if any), and the body that carries it.
+    ///
+    /// `resumed` holds the positions the stream resumes from; the cursor
+    /// starts there, so that until a resumed channel's replay has been
+    /// written the stream's ids still point before it (see `own_position`).
     pub fn new(
         user: Channel,
         rooms: Vec<(RoomName, Option<Since>)>,
+        resumed: Cursor,
         streams_open: IntGauge,
     ) -> (SseWire, SseBody) {
         let pipe = Arc::new(Pipe::default());
@@ -144,7 +149,7 @@ impl SseWire {
             pipe: pipe.clone(),
             subscribes,
             buf: Vec::new(),
-            cursor: Cursor::default(),
+            cursor: resumed,
             user,
             closed: false,
             streams_open,
@@ -235,13 +240,6 @@ impl SseWire {
         let Ok(Value::Object(mut frame)) = serde_json::from_str::<Value>(text) else {
             return (false, None);
         };
-        let position = |frame: &Map<String, Value>, key: &str| {
-            let p = frame.get(key)?;
-            Some((
-                p.get("offset")?.as_u64()?,
-                p.get("epoch")?.as_str()?.to_owned(),
-            ))
-        };
         let kind = frame
             .get("type")
             .and_then(Value::as_str)
@@ -249,16 +247,15 @@ impl SseWire {
             .to_owned();
         match kind.as_str() {
             "welcome" => {
-                let mut moved = false;
-                if let Some((offset, epoch)) = position(&frame, "position") {
-                    self.cursor.set(&self.user.clone(), offset, &epoch);
-                    moved = true;
-                }
-                if let Some((offset, epoch)) = position(&frame, "broadcast_position") {
-                    self.cursor.set(&Channel::Broadcast, offset, &epoch);
-                    moved = true;
-                }
-                (moved, None)
+                let user = self.user.clone();
+                self.own_position(&user, &frame, "position", "recovered");
+                self.own_position(
+                    &Channel::Broadcast,
+                    &frame,
+                    "broadcast_position",
+                    "broadcast_recovered",
+                );
+                (true, None)
             }
             "resync" => {
                 let channel = frame
@@ -279,26 +276,57 @@ impl SseWire {
                 let Some(Value::String(room)) = frame.remove("id") else {
                     return (false, None);
                 };
-                let mut moved = false;
-                if kind == "ok"
-                    && let (Some(offset), Some(epoch)) = (
-                        frame.get("offset").and_then(Value::as_u64),
-                        frame.get("epoch").and_then(Value::as_str),
-                    )
-                    && let Some(name) = RoomName::parse(&room)
-                {
-                    self.cursor.set(&Channel::Room(name), offset, epoch);
-                    moved = true;
+                let moved = kind == "ok";
+                if moved && let Some(name) = RoomName::parse(&room) {
+                    self.own_position(&Channel::Room(name), &frame, "", "recovered");
                 }
                 // `type` first, then `room`, then the rest as the session wrote it.
-                let kind = frame.remove("type").unwrap_or(Value::Null);
-                let mut out = Map::new();
-                out.insert("type".into(), kind);
-                out.insert("room".into(), Value::String(room));
-                out.extend(frame);
-                (moved, Some(Value::Object(out).to_string()))
+                frame.remove("type");
+                let mut out = format!(
+                    r#"{{"type":{},"room":{}"#,
+                    Value::from(kind),
+                    Value::from(room)
+                );
+                for (key, value) in frame {
+                    out.push_str(&format!(",{}:{value}", Value::from(key)));
+                }
+                out.push('}');
+                (moved, Some(out))
             }
             _ => (false, None),
+        }
+    }
+
+    /// Records the position a `welcome` (`key` its position's field) or a
+    /// room's `ok` (`key` empty: the frame itself) gives `channel`. A resume
+    /// that recovered keeps the position resumed from: the replay is still
+    /// to come, and each of its events moves the cursor; taking the
+    /// channel's top here would let a client that drops mid-replay skip the
+    /// rest of it. Otherwise (nothing replayed) the top is where it stands.
+    fn own_position(
+        &mut self,
+        channel: &Channel,
+        frame: &Map<String, Value>,
+        key: &str,
+        recovered: &str,
+    ) {
+        if frame.get(recovered).and_then(Value::as_bool) == Some(true)
+            && self.cursor.get(channel).is_some()
+        {
+            return;
+        }
+        let p = if key.is_empty() {
+            Some(frame)
+        } else {
+            frame.get(key).and_then(Value::as_object)
+        };
+        if let Some(p) = p
+            && let (Some(offset), Some(epoch)) = (
+                p.get("offset").and_then(Value::as_u64),
+                p.get("epoch").and_then(Value::as_str),
+            )
+        {
+            self.cursor.set(channel, offset, epoch);
         }
     }
 

@@ -334,6 +334,70 @@ async fn last_event_id_resumes_every_channel_without_loss_or_duplicate() {
 }
 
 #[tokio::test]
+async fn a_cursor_taken_before_the_replay_still_gets_all_of_it() {
+    let gw = history_gateway().await;
+    let tok = token("alice", &["lobby"]);
+    let mut s = stream(&gw, &query(&tok, "lobby"), &[]).await;
+    let (_, _, last) = s.start(&["lobby"]).await;
+    drop(s);
+    for n in 1..=3 {
+        publish_offset(&gw, "room:lobby", json!({"n": n})).await;
+        publish_offset(&gw, "user:alice", json!({"u": n})).await;
+    }
+    // Resume, but drop the stream right after the welcome (its id) and
+    // again right after the room's `ok` (its id): neither may skip the replay
+    // that was still to come.
+    let mut s = stream(
+        &gw,
+        &query(&tok, "lobby"),
+        &[("last-event-id", last.as_deref().unwrap())],
+    )
+    .await;
+    let (welcome_id, welcome) = s.message().await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    drop(s);
+    let mut s = stream(
+        &gw,
+        &query(&tok, "lobby"),
+        &[("last-event-id", welcome_id.as_deref().unwrap())],
+    )
+    .await;
+    let (_, welcome) = s.message().await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    let mut user = Vec::new();
+    for _ in 0..3 {
+        let f = s.frame().await;
+        assert_eq!(f["channel"], "user:alice", "{f}");
+        user.push(f["offset"].as_u64().unwrap());
+    }
+    assert_eq!(user, [1, 2, 3], "the user channel's replay, whole");
+    let (ok_id, ok) = s.message().await;
+    assert_eq!(
+        (ok["type"].as_str(), ok["recovered"].as_bool()),
+        (Some("ok"), Some(true)),
+        "{ok}"
+    );
+    drop(s);
+    let mut s = stream(
+        &gw,
+        &query(&tok, "lobby"),
+        &[("last-event-id", ok_id.as_deref().unwrap())],
+    )
+    .await;
+    let (_, welcome) = s.message().await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    let (_, ok) = s.message().await;
+    assert_eq!(
+        (ok["room"].as_str(), ok["recovered"].as_bool()),
+        (Some("lobby"), Some(true)),
+        "{ok}"
+    );
+    for n in 1..=3 {
+        assert_eq!(s.frame().await["offset"], n, "the room's replay, whole");
+    }
+}
+
+#[tokio::test]
 async fn since_resumes_and_last_event_id_wins_over_it() {
     let gw = history_gateway().await;
     let tok = token("alice", &["lobby"]);
