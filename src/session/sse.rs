@@ -435,3 +435,76 @@ impl Wire for SseWire {
         flushed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(user: &str) -> (SseWire, SseBody) {
+        let gauge = IntGauge::new("sse_test", "test").unwrap();
+        SseWire::new(
+            Channel::User(Arc::from(user)),
+            Vec::new(),
+            Cursor::default(),
+            gauge,
+        )
+    }
+
+    fn written(w: &mut SseWire) -> String {
+        String::from_utf8(std::mem::take(&mut w.buf)).unwrap()
+    }
+
+    #[test]
+    fn frames_become_one_data_line_and_move_the_cursor() {
+        let (mut w, _body) = wire("a\"b");
+        w.write_frame(r#"{"type":"welcome","position":{"offset":2,"epoch":"e1"}}"#);
+        let first = written(&mut w);
+        assert!(
+            first.starts_with("id: ") && first.ends_with("\n\n"),
+            "{first:?}"
+        );
+        // A backend's JSON with CR/LF between tokens; a user id that JSON escapes.
+        w.write_frame(
+            "{\"type\":\"event\",\"channel\":\"user:a\\\"b\",\"offset\":3,\"data\":{\"x\":\r\n1}}",
+        );
+        let event = written(&mut w);
+        let lines: Vec<&str> = event.trim_end().lines().collect();
+        assert_eq!(lines.len(), 2, "{event:?}");
+        assert_eq!(
+            lines[1],
+            "data: {\"type\":\"event\",\"channel\":\"user:a\\\"b\",\"offset\":3,\"data\":{\"x\":  1}}"
+        );
+        let user = Channel::User(Arc::from("a\"b"));
+        assert_eq!(w.cursor.get(&user).map(|s| s.offset), Some(3));
+        assert_eq!(Cursor::parse(&lines[0]["id: ".len()..]).unwrap(), w.cursor);
+        // An event of a channel the cursor does not hold, or without an
+        // offset, moves nothing and carries no id.
+        w.write_frame(r#"{"type":"event","channel":"room:x","offset":9,"data":1}"#);
+        w.write_frame(r#"{"type":"event","channel":"broadcast","data":1}"#);
+        assert!(!written(&mut w).contains("id:"));
+    }
+
+    #[test]
+    fn room_replies_name_their_room_in_place_of_the_id() {
+        let (mut w, _body) = wire("u");
+        w.write_frame(r#"{"type":"ok","id":"lobby","offset":5,"epoch":"e","recovered":false}"#);
+        let out = written(&mut w);
+        assert!(
+            out.ends_with("data: {\"type\":\"ok\",\"room\":\"lobby\",\"epoch\":\"e\",\"offset\":5,\"recovered\":false}\n\n"),
+            "{out:?}"
+        );
+        let lobby = Channel::Room(RoomName::parse("lobby").unwrap());
+        assert_eq!(w.cursor.get(&lobby).map(|s| s.offset), Some(5));
+        w.write_frame(r#"{"type":"error","id":"secret","code":"forbidden","message":"no"}"#);
+        assert_eq!(
+            written(&mut w),
+            "data: {\"type\":\"error\",\"room\":\"secret\",\"code\":\"forbidden\",\"message\":\"no\"}\n\n"
+        );
+        // Not JSON, or no id: passed through untouched.
+        w.write_frame(r#"{"type":"error","code":"x","message":"m"}"#);
+        assert_eq!(
+            written(&mut w),
+            "data: {\"type\":\"error\",\"code\":\"x\",\"message\":\"m\"}\n\n"
+        );
+    }
+}
