@@ -472,3 +472,22 @@ async fn a_stream_counts_as_a_socket_and_leaves_no_trace() {
     assert_eq!(gw.node.metrics.sse_streams_open.get(), 0);
     assert_eq!(gw.presence("lobby").await["clients"], 0);
 }
+
+#[tokio::test]
+async fn the_server_api_disconnects_a_stream_with_its_close_code() {
+    let gw = TestGateway::start().await;
+    gw.wait_ready().await;
+    let mut s = stream(&gw, &format!("token={}", token("alice", &[])), &[]).await;
+    s.start(&[]).await;
+    let (status, body) = gw
+        .api(
+            "POST",
+            "/api/disconnect",
+            r#"{"user":"alice","reconnect":false}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.frame().await, json!({"type": "close", "code": 4003}));
+    assert_eq!(s.next().await, None);
+    gw.assert_tables_empty().await;
+}
