@@ -4,7 +4,10 @@
 # rooms plus its user channel. The load tester runs in its own process (each
 # process here may hold at most 20,000 open files).
 #
-#   bench/idle-memory.sh [SOCKETS]
+#   bench/idle-memory.sh [SOCKETS] [ws|sse]
+#
+# With `sse`, the sockets are idle SSE streams (GET /sse, contract section 9)
+# opened by bench/sse-idle.py, each its own user in 1 of 1,000 rooms too.
 #
 # SETTLE (seconds, default 5) is how long the sockets sit idle before the
 # sample. Right after a resume each socket keeps a few bytes per channel until
@@ -14,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOCKETS=${1:-15000}
+TRANSPORT=${2:-ws}
 SETTLE=${SETTLE:-5}
 PORT=${PORT:-18181}
 cargo build --release -q -p gateway -p gateway-loadtest
@@ -24,8 +28,13 @@ trap 'kill $GW 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {print $2}' "/proc/$GW/status"; }
 BEFORE=$(rss)
-./target/release/gateway-loadtest connect --quiet --target "ws://127.0.0.1:$PORT/ws" \
-    --sockets "$SOCKETS" --rooms 1000 --concurrency 200 --duration 20s --out /tmp/idle-memory-run >/tmp/idle-memory-loadtest.log 2>&1 &
+if [[ $TRANSPORT == sse ]]; then
+    SECRET=$(awk -F'"' '/^hs_secret =/ {print $2}' gateway.toml)
+    GATEWAY_SECRET=$SECRET python3 bench/sse-idle.py "$PORT" "$SOCKETS" 1000 $((SETTLE + 20)) >/tmp/idle-memory-loadtest.log 2>&1 &
+else
+    ./target/release/gateway-loadtest connect --quiet --target "ws://127.0.0.1:$PORT/ws" \
+        --sockets "$SOCKETS" --rooms 1000 --concurrency 200 --duration 20s --out /tmp/idle-memory-run >/tmp/idle-memory-loadtest.log 2>&1 &
+fi
 LT=$!
 # Sample the node while every socket is up and idle.
 PEAK=0; OPEN=0
@@ -36,5 +45,5 @@ for _ in $(seq 600); do
 done
 wait $LT || true
 if [[ $PEAK -eq 0 ]]; then echo "sockets never reached $SOCKETS (open: $OPEN); see /tmp/idle-memory-loadtest.log"; exit 1; fi
-echo "sockets=$OPEN rss_before_kib=$BEFORE rss_with_sockets_kib=$PEAK"
+echo "transport=$TRANSPORT sockets=$OPEN rss_before_kib=$BEFORE rss_with_sockets_kib=$PEAK"
 awk -v a="$BEFORE" -v b="$PEAK" -v n="$OPEN" 'BEGIN { printf "per_socket=%.2f KiB (%.0f bytes)\n", (b-a)/n, (b-a)*1024/n }'

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 
 use crate::lifecycle::Phase;
 use crate::node::Node;
+use crate::session::SseBody;
 
 mod admission;
 mod api;
@@ -39,10 +40,14 @@ mod presence;
 mod probes;
 mod publish;
 mod revoke;
+mod sse;
 mod upgrade;
 
-/// Response type of every route.
+/// Response type of every route but `/sse`.
 pub type HttpResponse = Response<Full<Bytes>>;
+
+/// What the port answers with: a whole body, or an SSE stream.
+pub type Body = Either<Full<Bytes>, SseBody>;
 
 /// Accepts connections until the node starts draining.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -97,7 +102,14 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     tracing::info!("listener closed");
 }
 
-async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+async fn route(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/sse" {
+        return sse::handle(node, peer, req);
+    }
+    route_whole(node, peer, req).await.map(Either::Left)
+}
+
+async fn route_whole(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
     match (req.method(), req.uri().path()) {
         (_, "/ws") => upgrade::handle(node, peer, req),
         (&Method::POST, "/api/publish") => api_reply(publish::handle(node, req).await),

@@ -57,8 +57,10 @@ pub const HTTP_ERRORS: [&str; 4] = ["head_too_large", "head_timeout", "malformed
 /// The node's metrics.
 #[derive(Clone)]
 pub struct Metrics {
-    /// Open WebSocket sessions.
+    /// Open sessions, WebSocket and SSE.
     pub sockets_open: IntGauge,
+    /// Of those, SSE streams.
+    pub sse_streams_open: IntGauge,
     /// Sockets this node admits at most.
     pub socket_capacity: IntGauge,
     /// Upgrades accepted.
@@ -191,7 +193,14 @@ impl Metrics {
         ))?;
 
         Ok(Metrics {
-            sockets_open: gauge("gateway_sockets_open", "Open WebSocket sessions")?,
+            sockets_open: gauge(
+                "gateway_sockets_open",
+                "Open sessions (WebSocket sockets and SSE streams)",
+            )?,
+            sse_streams_open: gauge(
+                "gateway_sse_streams_open",
+                "Open SSE streams (also counted in gateway_sockets_open)",
+            )?,
             socket_capacity: gauge(
                 "gateway_socket_capacity",
                 "Sockets this node admits at most",

@@ -9,13 +9,15 @@ use std::fmt;
 use std::sync::Arc;
 
 mod codec;
+mod cursor;
 mod end;
 mod event;
 pub mod payload;
 mod position;
 mod refusal;
 
-pub use codec::{DecodeError, Format, Wire, decode_client_frame, encode_server_frame, pack};
+pub use codec::{DecodeError, Format, Subprotocol, decode_client_frame, encode_server_frame, pack};
+pub use cursor::{Cursor, CursorError, MAX_CURSOR_CHANNELS, MAX_CURSOR_LEN};
 pub use end::{End, EndedBy};
 pub use event::{Event, Publication};
 pub use payload::{PayloadError, inspect};

@@ -22,10 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::FutureExt;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -36,11 +34,16 @@ use crate::hub::{ConnId, Owner, Subscriber};
 use crate::limits::{ConnPermit, TokenBucket};
 use crate::node::Node;
 use crate::outbox::{Outbox, Status};
-use crate::protocol::{Channel, Disconnect, End, EndedBy, RoomName, Since, Wire, pack};
+use crate::protocol::{Channel, Disconnect, End, EndedBy, RoomName, Since, Subprotocol, pack};
+
+pub use sse::{SseBody, SseWire};
+pub use wire::Wire;
 
 mod commands;
+mod sse;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 /// How long a closing socket may take to deliver its close frame and get the
 /// peer's reply. A peer that stopped reading and then resumes needs a few
@@ -64,7 +67,7 @@ pub struct Admitted {
     /// The verified token.
     pub identity: Identity,
     /// Wire format (and batching) chosen by subprotocol.
-    pub wire: Wire,
+    pub subprotocol: Subprotocol,
     /// The socket's places in the node's counts, released when it ends.
     pub permit: ConnPermit,
     /// Where the user channel and `broadcast` resume from.
@@ -87,23 +90,16 @@ pub struct ResumeAt {
 /// are captured, so the task does not also keep the moved-from arguments
 /// (an `async fn` stores its arguments beside everything built from them,
 /// which on every idle socket is a few hundred bytes of nothing).
-pub fn run<S>(
-    node: Arc<Node>,
-    ws: WebSocketStream<S>,
-    admitted: Admitted,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+pub fn run<W: Wire>(node: Arc<Node>, ws: W, admitted: Admitted) -> impl Future<Output = ()> + Send {
     let Admitted {
         identity,
-        wire,
+        subprotocol,
         permit,
         resume_at,
     } = admitted;
     // From here on the socket is in the tables; the task takes it out
     // again however it ends (and `Drop` does, should it never run).
-    let mut session = Session::new(node, ws, identity, wire, resume_at);
+    let mut session = Session::new(node, ws, identity, subprotocol, resume_at);
     async move {
         let end = match AssertUnwindSafe(session.serve()).catch_unwind().await {
             Ok(end) => end,
@@ -145,9 +141,9 @@ pub(crate) fn deadline_of(unix_secs: u64, leeway: u64) -> Instant {
 /// A command waiting on the broker; resolves to what the session applies.
 type Pending = Pin<Box<dyn Future<Output = commands::Done> + Send>>;
 
-struct Session<S> {
+struct Session<W> {
     node: Arc<Node>,
-    ws: WebSocketStream<S>,
+    ws: W,
     id: ConnId,
     me: Subscriber,
     user: Arc<str>,
@@ -176,7 +172,7 @@ struct Session<S> {
     left: bool,
 }
 
-impl<S> Drop for Session<S> {
+impl<W> Drop for Session<W> {
     fn drop(&mut self) {
         // Only when the task never ran to its end (dropped before it was
         // polled, or at runtime shutdown): it had joined nothing yet, or
@@ -208,17 +204,14 @@ enum Flow {
     PeerClosed,
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl<W: Wire> Session<W> {
     fn new(
         node: Arc<Node>,
-        ws: WebSocketStream<S>,
+        ws: W,
         identity: Identity,
-        wire: Wire,
+        subprotocol: Subprotocol,
         resume_at: ResumeAt,
-    ) -> Session<S> {
+    ) -> Session<W> {
         let cfg = &node.config;
         let outbox = Arc::new(Outbox::new(
             cfg.websocket.outbox_max_frames,
@@ -235,7 +228,7 @@ where
         let heartbeat = Duration::from_secs(cfg.websocket.heartbeat_seconds);
         let me = Subscriber {
             outbox,
-            format: wire.format,
+            format: subprotocol.format,
         };
         // The user channel and broadcast are held until `welcome` is queued,
         // so that `welcome` is the first frame whatever is published meanwhile.
@@ -255,7 +248,7 @@ where
             // Long ago: the first write (`welcome`) is never deferred.
             last_flush: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
             deferred: false,
-            batch: wire.batch,
+            batch: subprotocol.batch,
             rooms: Vec::new(),
             user_joined: false,
             bucket,
@@ -282,7 +275,7 @@ where
                 // until the handshake completes so the peer sees a clean close.
                 let ws = &mut self.ws;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(_)) = ws.next_message().await {}
                 })
                 .await;
                 End::by(EndedBy::Client)
@@ -319,7 +312,7 @@ where
                     Woke::Decided(self.apply(done))
                 }
                 // The next request is read once the previous one is answered.
-                inbound = self.ws.next(), if self.pending.is_none() => {
+                inbound = self.ws.next_message(), if self.pending.is_none() => {
                     self.last_seen = Instant::now();
                     Woke::Decided(match inbound {
                         Some(Ok(message)) => self.on_message(message),
@@ -384,7 +377,10 @@ where
             let silence_limit = Duration::from_secs(ws_cfg.heartbeat_timeout_seconds);
             // Like `MissedTickBehavior::Delay`: one ping, the next a period on.
             self.next_ping = now + period;
-            if self.pending.is_none() && self.last_seen.elapsed() > silence_limit {
+            if W::CLIENT_SPEAKS
+                && self.pending.is_none()
+                && self.last_seen.elapsed() > silence_limit
+            {
                 return Flow::Close(Disconnect::HeartbeatTimeout);
             }
             // Queued like any frame; written at once unless a write is deferred.
@@ -462,9 +458,9 @@ where
                 let ws = &mut self.ws;
                 let write = tokio::time::timeout(write_timeout, async {
                     for message in messages {
-                        ws.feed(message).await?;
+                        ws.feed_message(message).await?;
                     }
-                    ws.flush().await
+                    ws.flush_messages().await
                 });
                 tokio::pin!(write);
                 // A peer that stopped reading blocks this write; the queue behind
@@ -510,8 +506,11 @@ where
             return Flow::PeerClosed;
         }
         // Every inbound frame counts against the rate, control frames too: a
-        // ping flood costs a pong each.
-        if let Some(flow) = self.rate_limited() {
+        // ping flood costs a pong each. An SSE stream's only inbound frames
+        // are the subscribes its URL asked for, bounded at admission.
+        if W::CLIENT_SPEAKS
+            && let Some(flow) = self.rate_limited()
+        {
             return flow;
         }
         match message {
@@ -586,8 +585,8 @@ where
         };
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(linger, async {
-            if ws.close(Some(frame)).await.is_ok() {
-                while let Some(Ok(_)) = ws.next().await {}
+            if ws.close_with(frame).await.is_ok() {
+                while let Some(Ok(_)) = ws.next_message().await {}
             }
         })
         .await;

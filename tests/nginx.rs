@@ -345,6 +345,34 @@ async fn nginx_balances_wss_and_moves_sockets_off_a_draining_node() {
         "/metrics must not be exposed through nginx: {response}"
     );
 
+    // The SSE fallback passes unbuffered: the welcome arrives while the
+    // stream is still open.
+    let mut sse = tls(&connector, https_port).await;
+    let head = format!(
+        "GET /sse?token={} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        token("sse-user")
+    );
+    sse.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let welcomed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(r#"data: {"type":"welcome""#) {
+            let n = sse.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "stream ended: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(welcomed.is_ok(), "no welcome through nginx: {text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    drop(sse);
+
     // Sockets through nginx spread over both nodes (least_conn).
     let mut sockets = Vec::new();
     for i in 0..6 {

@@ -26,7 +26,7 @@ use super::HttpResponse;
 use super::admission::{authenticate, precheck, refuse, resume_at};
 use crate::config::Config;
 use crate::node::Node;
-use crate::protocol::{Refusal, Wire};
+use crate::protocol::{Refusal, Subprotocol};
 use crate::session::{self, Admitted};
 
 /// Handles `GET /ws`.
@@ -39,7 +39,7 @@ pub(super) fn handle(
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&node, refusal),
     };
-    let wire = admitted.wire;
+    let subprotocol = admitted.subprotocol;
     let offered = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     node.metrics.upgrades_accepted.inc();
@@ -88,7 +88,7 @@ pub(super) fn handle(
     if offered {
         h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(wire.subprotocol()),
+            HeaderValue::from_static(subprotocol.name()),
         );
     }
     response
@@ -114,17 +114,17 @@ fn admit(
     let headers = req.headers();
     let key = check_handshake(req)?;
     precheck(node, headers)?;
-    let wire = Wire::negotiate(header_str(headers, &header::SEC_WEBSOCKET_PROTOCOL))
+    let subprotocol = Subprotocol::negotiate(header_str(headers, &header::SEC_WEBSOCKET_PROTOCOL))
         .map_err(|()| {
             Refusal::BadRequest("offered subprotocols must include v1.json or v1.msgpack")
         })?
-        .unwrap_or(Wire::JSON);
+        .unwrap_or(Subprotocol::JSON);
     let resume_at = resume_at(req.uri())?;
     let (identity, permit) = authenticate(node, peer, headers, req.uri())?;
     Ok((
         Admitted {
             identity,
-            wire,
+            subprotocol,
             permit,
             resume_at,
         },

@@ -25,22 +25,22 @@ pub enum Format {
 /// frames may travel packed in one message (`v1.json+batch`,
 /// `v1.msgpack+batch`: a contract extension, docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wire {
+pub struct Subprotocol {
     /// Text JSON or binary MessagePack.
     pub format: Format,
     /// Frames queued together may be written as one array message.
     pub batch: bool,
 }
 
-impl Wire {
+impl Subprotocol {
     /// Plain JSON, what a client that offers no subprotocol gets.
-    pub const JSON: Wire = Wire {
+    pub const JSON: Subprotocol = Subprotocol {
         format: Format::Json,
         batch: false,
     };
 
     /// The subprotocol name echoed to the client.
-    pub fn subprotocol(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match (self.format, self.batch) {
             (Format::Json, false) => "v1.json",
             (Format::MsgPack, false) => "v1.msgpack",
@@ -53,7 +53,7 @@ impl Wire {
     /// in the client's order. `Ok(None)`: nothing offered (JSON, no echo).
     /// `Err(())`: protocols offered but none of ours.
     #[allow(clippy::result_unit_err)]
-    pub fn negotiate(offer: Option<&str>) -> Result<Option<Wire>, ()> {
+    pub fn negotiate(offer: Option<&str>) -> Result<Option<Subprotocol>, ()> {
         let Some(offer) = offer else { return Ok(None) };
         for proto in offer.split(',').map(str::trim) {
             let (format, batch) = match proto {
@@ -63,7 +63,7 @@ impl Wire {
                 "v1.msgpack+batch" => (Format::MsgPack, true),
                 _ => continue,
             };
-            return Ok(Some(Wire { format, batch }));
+            return Ok(Some(Subprotocol { format, batch }));
         }
         Err(())
     }
@@ -655,33 +655,33 @@ mod tests {
 
     #[test]
     fn subprotocol_negotiation() {
-        assert_eq!(Wire::negotiate(None), Ok(None));
-        let wire = |format, batch| Ok(Some(Wire { format, batch }));
+        assert_eq!(Subprotocol::negotiate(None), Ok(None));
+        let wire = |format, batch| Ok(Some(Subprotocol { format, batch }));
         assert_eq!(
-            Wire::negotiate(Some("v1.msgpack")),
+            Subprotocol::negotiate(Some("v1.msgpack")),
             wire(Format::MsgPack, false)
         );
         assert_eq!(
-            Wire::negotiate(Some("chat, v1.json")),
+            Subprotocol::negotiate(Some("chat, v1.json")),
             wire(Format::Json, false)
         );
         assert_eq!(
-            Wire::negotiate(Some("v1.json+batch, v1.json")),
+            Subprotocol::negotiate(Some("v1.json+batch, v1.json")),
             wire(Format::Json, true)
         );
-        let w = Wire::negotiate(Some("x, v1.msgpack+batch"))
+        let w = Subprotocol::negotiate(Some("x, v1.msgpack+batch"))
             .unwrap()
             .unwrap();
         assert_eq!(
             w,
-            Wire {
+            Subprotocol {
                 format: Format::MsgPack,
                 batch: true
             }
         );
-        assert_eq!(w.subprotocol(), "v1.msgpack+batch");
-        assert_eq!(Wire::negotiate(Some("v2.json")), Err(()));
-        assert_eq!(Wire::negotiate(Some("v1.json+gzip")), Err(()));
+        assert_eq!(w.name(), "v1.msgpack+batch");
+        assert_eq!(Subprotocol::negotiate(Some("v2.json")), Err(()));
+        assert_eq!(Subprotocol::negotiate(Some("v1.json+gzip")), Err(()));
     }
 
     fn event(i: u64, format: Format) -> Message {

@@ -9,6 +9,9 @@
 pub enum Refusal {
     /// Not a well-formed request for this endpoint (400).
     BadRequest(&'static str),
+    /// `/sse`: a `Last-Event-ID` or `since` cursor this gateway could not
+    /// have written (400).
+    BadCursor(&'static str),
     /// `Sec-WebSocket-Version` is not 13 (426, with `Sec-WebSocket-Version: 13`).
     WrongVersion,
     /// The node is draining (503).
@@ -35,7 +38,7 @@ impl Refusal {
     /// The HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            Refusal::BadRequest(_) => 400,
+            Refusal::BadRequest(_) | Refusal::BadCursor(_) => 400,
             Refusal::WrongVersion => 426,
             Refusal::Draining | Refusal::Capacity | Refusal::BrokerDown => 503,
             Refusal::Rate | Refusal::PerIp | Refusal::PerUser => 429,
@@ -48,6 +51,7 @@ impl Refusal {
     pub fn code(self) -> &'static str {
         match self {
             Refusal::BadRequest(_) | Refusal::WrongVersion => "bad_request",
+            Refusal::BadCursor(_) => "bad_cursor",
             Refusal::Draining => "draining",
             Refusal::Capacity => "capacity",
             Refusal::BrokerDown => "not_ready",
@@ -63,7 +67,7 @@ impl Refusal {
     /// The body's `error.message`.
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::BadRequest(why) | Refusal::Unauthorized(why) => why,
+            Refusal::BadRequest(why) | Refusal::BadCursor(why) | Refusal::Unauthorized(why) => why,
             Refusal::WrongVersion => "Sec-WebSocket-Version must be 13",
             Refusal::Draining => "node is draining: reconnect to another node",
             Refusal::Capacity => "node at connection capacity",
@@ -83,6 +87,7 @@ impl Refusal {
         let mut codes: Vec<&'static str> = [
             Refusal::BadRequest(""),
             Refusal::WrongVersion,
+            Refusal::BadCursor(""),
             Refusal::Draining,
             Refusal::Capacity,
             Refusal::BrokerDown,
@@ -111,6 +116,7 @@ mod tests {
         // is also added to `codes`.
         let check = |r: Refusal| match r {
             Refusal::BadRequest(_)
+            | Refusal::BadCursor(_)
             | Refusal::WrongVersion
             | Refusal::Draining
             | Refusal::Capacity
@@ -124,7 +130,7 @@ mod tests {
         };
         check(Refusal::Revoked);
         check(Refusal::WrongVersion);
-        assert_eq!(Refusal::codes().len(), 10);
+        assert_eq!(Refusal::codes().len(), 11);
         assert_eq!(Refusal::WrongVersion.status(), 426);
     }
 }

@@ -6,10 +6,9 @@
 //! answers the client.
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Flow, Pending, ResumeAt, Session};
+use super::{Flow, Pending, ResumeAt, Session, Wire};
 use crate::broker::{BrokerError, Published};
 use crate::continuity::{Resume, Stored};
 use crate::hub::{EVENT_ENVELOPE, Joined};
@@ -48,10 +47,7 @@ pub(super) enum Done {
     },
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl<W: Wire> Session<W> {
     /// Joins the user channel and resumes it and `broadcast` (both held in
     /// the outbox since registration); `welcome` follows once it is live.
     pub(super) fn join(&self, at: ResumeAt) -> Pending {

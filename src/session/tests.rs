@@ -26,7 +26,7 @@ use crate::broker::{
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::protocol::{Channel, Wire};
+use crate::protocol::{Channel, Subprotocol};
 
 const SECRET: &str = "unit-test-secret-0123456789abcdef0123456789";
 
@@ -93,7 +93,7 @@ async fn open(node: &Arc<Node>, token: &str) -> (Client, tokio::task::JoinHandle
     let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
     let admitted = Admitted {
         identity,
-        wire: Wire::JSON,
+        subprotocol: Subprotocol::JSON,
         permit,
         resume_at: Default::default(),
     };
@@ -376,7 +376,7 @@ async fn a_protocol_violation_is_closed_1002_and_counted() {
     let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
     let admitted = Admitted {
         identity,
-        wire: Wire::JSON,
+        subprotocol: Subprotocol::JSON,
         permit,
         resume_at: Default::default(),
     };
@@ -552,7 +552,7 @@ async fn an_idle_socket_keeps_no_queue_buffer_and_a_small_task() {
     let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
     let admitted = Admitted {
         identity,
-        wire: Wire::JSON,
+        subprotocol: Subprotocol::JSON,
         permit,
         resume_at: Default::default(),
     };

@@ -19,3 +19,4 @@ mod hardening;
 mod lifetime;
 mod presence;
 mod server_api;
+mod sse;

@@ -805,3 +805,61 @@ async fn history_works_on_a_single_redis_in_classic_mode() {
         json!({"type": "event", "channel": "room:lobby", "data": "plain"})
     );
 }
+
+/// The SSE fallback (contract section 9) over the cluster: a stream on one
+/// node, dropped, resumes on another node from its `Last-Event-ID`, with
+/// every channel's missed events once, and live ones after the seam.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_resumes_on_another_node_from_its_last_event_id() {
+    require_redis!();
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (node(&cluster, |_| {}).await, node(&cluster, |_| {}).await);
+    let fred = backend(&cluster).await;
+    let tok = token("alice", &["lobby"]);
+    let query = format!("/sse?token={tok}&rooms=lobby");
+    let mut s = crate::kit::sse::open(&a, &query, &[])
+        .await
+        .expect("stream on A");
+    let (_, _, _) = s.start(&["lobby"]).await;
+    let mut last = None;
+    for n in 1..=2 {
+        fcall(&fred, "gw:room:lobby", &json!(n)).await;
+        let (id, frame) = s.message().await;
+        assert_eq!(frame["offset"], n, "{frame}");
+        last = id;
+    }
+    drop(s);
+    for n in 3..=5 {
+        fcall(&fred, "gw:room:lobby", &json!(n)).await;
+    }
+    fcall(&fred, "gw:user:alice", &json!("u")).await;
+    let last = last.unwrap();
+    let mut s = crate::kit::sse::open(&b, &query, &[("last-event-id", &last)])
+        .await
+        .expect("stream on B");
+    let (_, welcome) = s.message().await;
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    let user = s.frame().await;
+    assert_eq!(
+        (user["channel"].as_str(), user["offset"].as_u64()),
+        (Some("user:alice"), Some(1)),
+        "{user}"
+    );
+    let ok = s.frame().await;
+    assert_eq!(
+        (ok["room"].as_str(), ok["recovered"].as_bool()),
+        (Some("lobby"), Some(true)),
+        "{ok}"
+    );
+    for n in 3..=6 {
+        if n == 6 {
+            fcall(&fred, "gw:room:lobby", &json!(n)).await;
+        }
+        let frame = s.frame().await;
+        assert_eq!(
+            (frame["channel"].as_str(), frame["offset"].as_u64()),
+            (Some("room:lobby"), Some(n)),
+            "{frame}"
+        );
+    }
+}

@@ -108,7 +108,8 @@ async fn presence_and_the_registry_span_nodes_and_forget_a_killed_one_within_the
     require_redis!();
     let cluster = RedisCluster::start().await;
     let a = node(&cluster, "node-a", |_| {}).await;
-    let b = node(&cluster, "node-b", |_| {}).await;
+    // node-b lists at most 2 members: more users than that is a subset.
+    let b = node(&cluster, "node-b", |c| c.presence.max_members = 2).await;
     let (killed, _on_killed) = killable_node(&cluster, "node-k", "carol", "lobby").await;
     let alice = token("alice", &["lobby"]);
     let mut a1 = a.connect(&alice).await;
@@ -128,7 +129,19 @@ async fn presence_and_the_registry_span_nodes_and_forget_a_killed_one_within_the
         .collect();
     members.sort();
     assert_eq!(members, ["alice", "bob", "carol"]);
-    assert_eq!(b.presence("lobby").await, p, "any node answers the same");
+    assert_eq!(p["truncated"], false, "{p}");
+    // Any node answers the same counts; node-b a bounded subset of members.
+    let on_b = b.presence("lobby").await;
+    assert_eq!(counts(&on_b), (3, 4), "{on_b}");
+    assert_eq!(on_b["truncated"], true, "{on_b}");
+    let subset = on_b["members"].as_array().unwrap();
+    assert_eq!(subset.len(), 2, "{on_b}");
+    assert!(
+        subset
+            .iter()
+            .all(|m| members.contains(&m.as_str().unwrap())),
+        "{on_b}"
+    );
 
     // Unsubscribe removes by its `ok`, cluster-wide.
     bob.unsubscribe("lobby").await;

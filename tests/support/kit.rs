@@ -11,6 +11,7 @@ pub mod client;
 pub mod http;
 pub mod process;
 pub mod resume;
+pub mod sse;
 pub mod temp_dir;
 pub mod test_gateway;
 pub mod token;
