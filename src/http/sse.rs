@@ -68,6 +68,13 @@ pub(super) fn handle(node: Arc<Node>, peer: SocketAddr, req: Request<Incoming>) 
     // One stream per connection: when it ends (drain, expiry) the connection
     // goes with it instead of idling in keep-alive on a draining node.
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // EventSource on a page of another origin reads the stream only with
+    // CORS; admission has already refused origins outside
+    // `server.allowed_origins`, so an origin that got here is allowed.
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
     response
 }
 

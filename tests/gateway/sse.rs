@@ -406,6 +406,34 @@ async fn a_malformed_cursor_is_400_and_counted() {
 }
 
 #[tokio::test]
+async fn a_page_of_an_allowed_origin_may_read_the_stream() {
+    // EventSource on another origin than the gateway's needs CORS: without
+    // the header the browser drops the stream (the SDK's fallback test in
+    // Chromium found it).
+    let gw =
+        TestGateway::with(|c| c.server.allowed_origins = vec!["https://app.example".into()]).await;
+    gw.wait_ready().await;
+    let q = query(&token("alice", &[]), "");
+    let s = stream(&gw, &q, &[("origin", "https://app.example")]).await;
+    assert_eq!(
+        s.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(s.headers["vary"], "origin");
+    // Another origin is refused before any byte of the stream.
+    let refused = open(
+        &gw,
+        &format!("/sse?{q}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(refused.err().map(|(status, _)| status), Some(403));
+    // Without an Origin (not a browser) there is nothing to allow.
+    let s = stream(&gw, &q, &[]).await;
+    assert!(!s.headers.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
 async fn heartbeat_comments_arrive() {
     let gw = TestGateway::with(|c| c.websocket.heartbeat_seconds = 1).await;
     gw.wait_ready().await;
