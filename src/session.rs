@@ -444,21 +444,30 @@ impl<W: Wire> Session<W> {
             let frames = batch.len();
             let bytes: usize = batch.iter().map(|o| o.message.len()).sum();
             let write_timeout = Duration::from_millis(self.node.config.websocket.write_timeout_ms);
-            let messages: Vec<Message> = if self.batch && frames > 1 {
+            // `+batch`: the frames of this write packed into array messages;
+            // otherwise written as queued, with no list of their own.
+            let packed = (self.batch && frames > 1).then(|| {
                 pack(
                     self.me.format,
                     batch.drain(..).map(|o| o.message),
                     PACK_MAX_BYTES,
                 )
-            } else {
-                batch.drain(..).map(|o| o.message).collect()
-            };
-            let sent = messages.len();
+            });
+            let sent = packed.as_ref().map_or(frames, Vec::len);
             let written = {
-                let ws = &mut self.ws;
+                let (ws, batch) = (&mut self.ws, &mut batch);
                 let write = tokio::time::timeout(write_timeout, async {
-                    for message in messages {
-                        ws.feed_message(message).await?;
+                    match packed {
+                        Some(messages) => {
+                            for message in messages {
+                                ws.feed_message(message).await?;
+                            }
+                        }
+                        None => {
+                            for out in batch.drain(..) {
+                                ws.feed_message(out.message).await?;
+                            }
+                        }
                     }
                     ws.flush_messages().await
                 });
