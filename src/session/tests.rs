@@ -82,21 +82,26 @@ fn node(config: Config) -> Arc<Node> {
 
 type Client = WebSocketStream<DuplexStream>;
 
-/// Runs a session for `token` over a duplex pair; returns the client side.
-async fn open(node: &Arc<Node>, token: &str) -> (Client, tokio::task::JoinHandle<()>) {
+/// What admission gives a JSON socket for `token`, as the upgrade does.
+fn admitted(node: &Node, token: &str) -> Admitted {
     let identity = node.verifier.verify(token).expect("valid token");
     let permit = node
         .limits
         .admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &identity.user)
         .unwrap();
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let admitted = Admitted {
+    Admitted {
         identity,
         subprotocol: Subprotocol::JSON,
         permit,
         resume_at: Default::default(),
-    };
+    }
+}
+
+/// Runs a session for `token` over a duplex pair; returns the client side.
+async fn open(node: &Arc<Node>, token: &str) -> (Client, tokio::task::JoinHandle<()>) {
+    let admitted = admitted(node, token);
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
     let task = tokio::spawn(run(node.clone(), ws, admitted));
     let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     (client, task)
@@ -367,19 +372,9 @@ async fn a_publish_too_large_as_json_is_refused_before_the_broker() {
 #[tokio::test(start_paused = true)]
 async fn a_protocol_violation_is_closed_1002_and_counted() {
     let node = node(config());
-    let identity = node.verifier.verify(&alice(3600)).unwrap();
-    let permit = node
-        .limits
-        .admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &identity.user)
-        .unwrap();
+    let admitted = admitted(&node, &alice(3600));
     let (mut raw, server) = tokio::io::duplex(64 * 1024);
     let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let admitted = Admitted {
-        identity,
-        subprotocol: Subprotocol::JSON,
-        permit,
-        resume_at: Default::default(),
-    };
     let task = tokio::spawn(run(node.clone(), ws, admitted));
     // A masked text frame with RSV1 set (no extension was negotiated).
     raw.write_all(&[0xC1, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
@@ -543,19 +538,9 @@ async fn an_idle_socket_keeps_no_queue_buffer_and_a_small_task() {
     let outbox = node.hub.outboxes().pop().unwrap();
     assert_eq!(outbox.retained(), 0, "buffers kept by an idle outbox");
     // The session task's future: what every idle socket pays for its task.
-    let identity = node.verifier.verify(&alice(60)).unwrap();
-    let permit = node
-        .limits
-        .admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &identity.user)
-        .unwrap();
+    let admitted = admitted(&node, &alice(60));
     let (_client, server) = tokio::io::duplex(1024);
     let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-    let admitted = Admitted {
-        identity,
-        subprotocol: Subprotocol::JSON,
-        permit,
-        resume_at: Default::default(),
-    };
     let size = std::mem::size_of_val(&run(node.clone(), ws, admitted));
     assert!(size <= 960, "the session future grew to {size} bytes");
     eprintln!("session future: {size} bytes");
