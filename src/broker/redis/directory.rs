@@ -11,6 +11,7 @@ use fred::bytes_utils::Str;
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, PubsubInterface};
 use fred::types::Value;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::client::{fcall, timed};
@@ -133,17 +134,7 @@ pub(super) async fn revocations(
     timeout: Duration,
 ) -> Result<Vec<Revocation>, BrokerError> {
     let now = unix_now();
-    let entries = read_hash(&client, &hash, timeout).await?;
-    let mut live = Vec::new();
-    let mut lapsed = Vec::new();
-    for (field, value) in entries {
-        match serde_json::from_str::<Revocation>(&value) {
-            Ok(r) if r.expires() > now => live.push(r),
-            _ => lapsed.push(field),
-        }
-    }
-    forget(&client, hash, lapsed, timeout).await;
-    Ok(live)
+    read_live(&client, hash, timeout, |r: &Revocation| r.expires() > now).await
 }
 
 /// A registry entry: the node's info and when it lapses.
@@ -192,28 +183,32 @@ pub(super) async fn nodes(
     timeout: Duration,
 ) -> Result<Vec<NodeInfo>, BrokerError> {
     let now = unix_ms();
-    let entries = read_hash(&client, &hash, timeout).await?;
-    let mut live = Vec::new();
-    let mut lapsed = Vec::new();
-    for (field, value) in entries {
-        match serde_json::from_str::<Entry>(&value) {
-            Ok(e) if e.lapses_at_ms > now => live.push(e.info),
-            _ => lapsed.push(field),
-        }
-    }
-    forget(&client, hash, lapsed, timeout).await;
+    let entries = read_live(&client, hash, timeout, |e: &Entry| e.lapses_at_ms > now).await?;
+    let mut live: Vec<NodeInfo> = entries.into_iter().map(|e| e.info).collect();
     live.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(live)
 }
 
-async fn read_hash(
+/// The JSON values of `hash` that parse and that `live` keeps; the fields of
+/// the others (lapsed, or unreadable) are deleted.
+async fn read_live<T: DeserializeOwned>(
     client: &Client,
-    hash: &str,
+    hash: String,
     timeout: Duration,
-) -> Result<Vec<(String, String)>, BrokerError> {
+    live: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, BrokerError> {
     let map: std::collections::HashMap<String, String> =
-        timed("HGETALL", timeout, client.hgetall(hash)).await?;
-    Ok(map.into_iter().collect())
+        timed("HGETALL", timeout, client.hgetall(&hash)).await?;
+    let mut kept = Vec::new();
+    let mut lapsed = Vec::new();
+    for (field, value) in map {
+        match serde_json::from_str::<T>(&value) {
+            Ok(v) if live(&v) => kept.push(v),
+            _ => lapsed.push(field),
+        }
+    }
+    forget(client, hash, lapsed, timeout).await;
+    Ok(kept)
 }
 
 /// Deletes lapsed fields; a failure only leaves them for the next reader.
